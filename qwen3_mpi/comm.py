@@ -1,0 +1,113 @@
+"""The only module that imports mpi4py: collectives of the forward pass, start-up agreement, abort.
+
+Without mpirun the process is a singleton MPI world of one rank.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from .errors import UserError
+from .kernels import add_partials
+
+
+class AgreedError(Exception):
+    """A UserError that every rank has learned of (so every rank can exit cleanly)."""
+
+
+class Comm:
+    def __init__(self, comm=None):
+        self.world = comm or MPI.COMM_WORLD
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+        # ranks sharing this node's memory: used to split the node's cores among them
+        self.node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank = self.node.Get_rank()
+        self.local_size = self.node.Get_size()
+        self.combine_method = "allgather"
+        self._gathered = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    # --- agreement at start-up: a bad input on any rank ends every rank with one message from rank 0
+    def agree(self, fn, *args, **kwargs):
+        """Run fn on this rank; if it raises UserError on any rank, raise AgreedError on every rank
+        carrying the lowest failing rank's message."""
+        try:
+            result, error = fn(*args, **kwargs), None
+        except UserError as e:
+            result, error = None, str(e)
+        errors = self.world.allgather(error)
+        for r, message in enumerate(errors):
+            if message is not None:
+                raise AgreedError(message if r == 0 or self.size == 1 else f"(rank {r}) {message}")
+        return result
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.size > 1:
+            self.world.Abort(code)
+        os._exit(code)
+
+    # --- the forward pass
+    def combine(self, x_TD: np.ndarray, part_TD: np.ndarray) -> None:
+        """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
+        every rank. 'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
+        if self.size == 1:
+            add_partials(x_TD, part_TD[None])
+            return
+        if self.combine_method == "allreduce":
+            self.world.Allreduce(MPI.IN_PLACE, part_TD, op=MPI.SUM)
+            add_partials(x_TD, part_TD[None])
+            return
+        T, D = part_TD.shape
+        if self._gathered is None or self._gathered.shape[1] < T * D:
+            self._gathered = np.empty((self.size, T * D), dtype=np.float32)
+        gathered = self._gathered[:, : T * D]
+        self.world.Allgather(part_TD, gathered)
+        add_partials(x_TD, gathered.reshape(self.size, T, D))
+
+    def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:
+        """Column blocks [T, V_r] of every rank -> [T, sum V_r] on rank 0 (None elsewhere)."""
+        T = local_TV.shape[0]
+        if self.size == 1:
+            return local_TV.copy()
+        sizes = [T * c for c in counts]
+        recv = np.empty(sum(sizes), dtype=np.float32) if self.is_root else None
+        spec = [recv, sizes, np.cumsum([0] + sizes[:-1]).tolist(), MPI.FLOAT] if self.is_root else None
+        self.world.Gatherv(np.ascontiguousarray(local_TV), spec, root=0)
+        if not self.is_root:
+            return None
+        blocks, start = [], 0
+        for c in counts:
+            blocks.append(recv[start : start + T * c].reshape(T, c))
+            start += T * c
+        return np.concatenate(blocks, axis=1)
+
+    def bcast_ints(self, values: np.ndarray) -> np.ndarray:
+        """Rank 0's int64 array (same length on every rank) to every rank."""
+        if self.size > 1:
+            self.world.Bcast(values, root=0)
+        return values
+
+    def bcast(self, obj):
+        return self.world.bcast(obj, root=0) if self.size > 1 else obj
+
+    def barrier(self) -> None:
+        self.world.Barrier()
+
+    def max(self, value: float) -> float:
+        return self.world.allreduce(value, op=MPI.MAX) if self.size > 1 else value
+
+    def gather(self, obj):
+        return self.world.gather(obj, root=0)
+
+    @staticmethod
+    def wtime() -> float:
+        return MPI.Wtime()

@@ -1,0 +1,92 @@
+"""Elementwise and per-row kernels of a Qwen3 layer."""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .bf16 import to_f32
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def rmsnorm(out_TD, x_TD, w_D, eps):
+    """out = x / sqrt(mean(x^2) + eps) * w, per row (sum of squares in float64)."""
+    for t in prange(x_TD.shape[0]):
+        x = x_TD[t]
+        ss = 0.0
+        for d in range(x.shape[0]):
+            ss += np.float64(x[d]) * x[d]
+        inv = np.float32(1.0 / math.sqrt(ss / x.shape[0] + eps))
+        for d in range(x.shape[0]):
+            out_TD[t, d] = w_D[d] * (x[d] * inv)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def silu_mul(out_TF, gu_T2F):
+    """out = silu(gate) * up, with gate = gu[:, :F] and up = gu[:, F:]."""
+    F = out_TF.shape[1]
+    for t in prange(out_TF.shape[0]):
+        for f in range(F):
+            g = gu_T2F[t, f]
+            out_TF[t, f] = g / (np.float32(1.0) + np.exp(-g)) * gu_T2F[t, F + f]
+
+
+@njit(cache=True)
+def _norm_rope(v_K, w_K, cos_K2, sin_K2, eps):
+    """In place: RMSNorm of one head vector, then RoPE (rotate-half layout)."""
+    K = v_K.shape[0]
+    half = K // 2
+    ss = 0.0
+    for k in range(K):
+        ss += np.float64(v_K[k]) * v_K[k]
+    inv = np.float32(1.0 / math.sqrt(ss / K + eps))
+    for k in range(half):
+        a = w_K[k] * (v_K[k] * inv)
+        b = w_K[half + k] * (v_K[half + k] * inv)
+        v_K[k] = a * cos_K2[k] - b * sin_K2[k]
+        v_K[half + k] = b * cos_K2[k] + a * sin_K2[k]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def qk_norm_rope_cache(qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0, eps, k_cache_GSK, v_cache_GSK):
+    """For the fused projection qkv = [q (H heads) | k (G heads) | v (G heads)] of T new tokens at
+    positions pos0..pos0+T-1: q_norm + RoPE on q in place; k_norm + RoPE on k; k and v into the caches."""
+    T = qkv_TO.shape[0]
+    K = k_cache_GSK.shape[2]
+    for th in prange(T * (H + G)):
+        t = th // (H + G)
+        j = th % (H + G)
+        pos = pos0 + t
+        head = qkv_TO[t, j * K : (j + 1) * K]
+        if j < H:
+            _norm_rope(head, q_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
+        else:
+            g = j - H
+            _norm_rope(head, k_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
+            k_cache_GSK[g, pos, :] = head
+            v_cache_GSK[g, pos, :] = qkv_TO[t, (H + G + g) * K : (H + G + g + 1) * K]
+
+
+@njit(parallel=True, cache=True)
+def add_partials(x_TD, parts_RTD):
+    """x += parts[0] + parts[1] + ... in rank order. No fastmath: the order of additions is fixed, so
+    every rank (on any CPU) computes bit-identical results from the same gathered partials."""
+    R, T, D = parts_RTD.shape
+    for t in prange(T):
+        for d in range(D):
+            s = parts_RTD[0, t, d]
+            for r in range(1, R):
+                s += parts_RTD[r, t, d]
+            x_TD[t, d] += s
+
+
+@njit(parallel=True, cache=True)
+def embed_rows(out_TD, ids_T, table_VD, v0):
+    """out[t] = table[ids[t] - v0] for ids in this rank's vocabulary rows [v0, v0 + V), else 0."""
+    V = table_VD.shape[0]
+    for t in prange(ids_T.shape[0]):
+        r = ids_T[t] - v0
+        if 0 <= r < V:
+            for d in range(out_TD.shape[1]):
+                out_TD[t, d] = to_f32(table_VD[r, d])
+        else:
+            out_TD[t, :] = 0.0

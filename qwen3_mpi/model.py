@@ -1,0 +1,197 @@
+"""The Qwen3 forward pass over this rank's shard.
+
+Shape suffixes (one letter per dimension): T tokens in this call, S cached positions, D hidden size,
+H query heads on this rank, G KV heads on this rank, K head dim, F FFN width on this rank, V vocabulary
+rows on this rank, O output features of a fused projection, R ranks. `x_TD` is [T, D].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .comm import Comm
+from .config import Qwen3Config, ShardLayout
+from .errors import UserError
+from .kernels import Linear, add_partials, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
+from .kernels.attention import attention_standard, attention_streaming, streaming_scratch_size
+from .kv_cache import KVCache
+from .rope import rope_tables
+from .weights import Checkpoint, as_f32
+
+
+@dataclass
+class LayerWeights:
+    input_layernorm_D: np.ndarray
+    post_attention_layernorm_D: np.ndarray
+    q_norm_K: np.ndarray
+    k_norm_K: np.ndarray
+    qkv_proj: Linear      # [q_proj; k_proj; v_proj] rows of this rank's heads: [(H + 2G) K, D]
+    o_proj: Linear        # columns of this rank's heads: [D, H K]
+    gate_up_proj: Linear  # [gate_proj; up_proj] rows of this rank's FFN slice: [2F, D]
+    down_proj: Linear     # columns of this rank's FFN slice: [D, F]
+
+
+@dataclass
+class ShardWeights:
+    embed_VD: np.ndarray  # this rank's vocabulary rows of embed_tokens (raw dtype)
+    lm_head: Linear       # this rank's vocabulary rows of lm_head (the embedding when tied)
+    norm_D: np.ndarray
+    layers: list[LayerWeights]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.embed_VD.nbytes + (0 if self.lm_head.w_OI is self.embed_VD else self.lm_head.nbytes)
+        for layer in self.layers:
+            n += sum(m.nbytes for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
+        return n
+
+
+def _fused(parts: list[np.ndarray]) -> Linear:
+    """Row-concatenate projections; stays bf16 when every part is bf16, else float32."""
+    if any(p.dtype != np.uint16 for p in parts):
+        parts = [as_f32(p) for p in parts]
+    return Linear(np.ascontiguousarray(np.concatenate(parts, axis=0)))
+
+
+def _matrix(raw: np.ndarray) -> Linear:
+    return Linear(np.ascontiguousarray(raw if raw.dtype == np.uint16 else as_f32(raw)))
+
+
+def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> ShardWeights:
+    """Read this rank's slices (and nothing else) of every tensor, following ShardLayout's plan."""
+    D, K, I = config.hidden_size, config.head_dim, config.intermediate_size
+    Hq, Hkv, Vg = config.num_attention_heads, config.num_key_value_heads, config.vocab_size
+    heads = (layout.heads[0] * K, layout.heads[1] * K)
+    kv = (layout.kv_heads[0] * K, layout.kv_heads[1] * K)
+
+    def vec(name, n):
+        return as_f32(ckpt.read(name, (n,)))
+
+    layers = []
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        layers.append(
+            LayerWeights(
+                input_layernorm_D=vec(p + "input_layernorm.weight", D),
+                post_attention_layernorm_D=vec(p + "post_attention_layernorm.weight", D),
+                q_norm_K=vec(p + "self_attn.q_norm.weight", K),
+                k_norm_K=vec(p + "self_attn.k_norm.weight", K),
+                qkv_proj=_fused([
+                    ckpt.read(p + "self_attn.q_proj.weight", (Hq * K, D), rows=heads),
+                    ckpt.read(p + "self_attn.k_proj.weight", (Hkv * K, D), rows=kv),
+                    ckpt.read(p + "self_attn.v_proj.weight", (Hkv * K, D), rows=kv),
+                ]),
+                o_proj=_matrix(ckpt.read(p + "self_attn.o_proj.weight", (D, Hq * K), cols=heads)),
+                gate_up_proj=_fused([
+                    ckpt.read(p + "mlp.gate_proj.weight", (I, D), rows=layout.ffn),
+                    ckpt.read(p + "mlp.up_proj.weight", (I, D), rows=layout.ffn),
+                ]),
+                down_proj=_matrix(ckpt.read(p + "mlp.down_proj.weight", (D, I), cols=layout.ffn)),
+            )
+        )
+    embed = _matrix(ckpt.read("model.embed_tokens.weight", (Vg, D), rows=layout.vocab))
+    if config.tie_word_embeddings:
+        lm_head = embed
+    else:
+        lm_head = _matrix(ckpt.read("lm_head.weight", (Vg, D), rows=layout.vocab))
+    return ShardWeights(embed.w_OI, lm_head, vec("model.norm.weight", D), layers)
+
+
+class Model:
+    """This rank's share of the model, its KV cache and every buffer the forward pass writes."""
+
+    def __init__(self, config: Qwen3Config, layout: ShardLayout, weights: ShardWeights, comm: Comm, *,
+                 attention: str, max_context: int, max_tokens: int, block: int = 256, qblock: int = 16):
+        if attention not in ("standard", "streaming"):
+            raise UserError(f"--attention must be 'standard' or 'streaming', not {attention!r}")
+        self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
+        self.attention = attention
+        self.max_context, self.max_tokens = max_context, max_tokens
+        self.block, self.qblock = block, qblock
+        D, K, T = config.hidden_size, config.head_dim, max_tokens
+        H, G, F = layout.n_heads, layout.n_kv_heads, layout.n_ffn
+        self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
+        self.cache = KVCache(config.num_hidden_layers, G, max_context, K)
+        self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
+        self.scale = np.float32(K**-0.5)
+        f32 = np.float32
+        self.x_TD = np.zeros((T, D), f32)        # the residual stream, identical on every rank
+        self.h_TD = np.zeros((T, D), f32)        # normed input of a block
+        self.part_TD = np.zeros((T, D), f32)     # this rank's partial sum of a block's output
+        self.qkv_TO = np.zeros((T, (H + 2 * G) * K), f32)
+        self.attn_TO = np.zeros((T, H * K), f32)
+        self.gu_TO = np.zeros((T, 2 * F), f32)
+        self.act_TF = np.zeros((T, F), f32)
+        self.logits_1V = np.zeros((1, layout.n_vocab), f32)
+        linears = [weights.lm_head] + [m for l in weights.layers for m in (l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj)]
+        self.scratch = np.zeros(max(m.scratch_size(T) for m in linears), f32)
+        threads = numba.get_num_threads()
+        if attention == "standard":
+            self.attn_scratch = np.zeros((threads, max_context), f32)
+        else:
+            self.attn_scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K)), f32)
+
+    def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False) -> np.ndarray | None:
+        """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
+        the logits of the last token [V] (or of every token [T, V] with all_logits), None elsewhere."""
+        T = ids_T.shape[0]
+        if T > self.max_tokens or pos0 + T > self.max_context:
+            raise ValueError("forward: tokens exceed the preallocated buffers")
+        cfg, w, comm = self.config, self.weights, self.comm
+        eps = np.float32(cfg.rms_norm_eps)
+        H, G = self.layout.n_heads, self.layout.n_kv_heads
+        x, h, part = self.x_TD[:T], self.h_TD[:T], self.part_TD[:T]
+        qkv, attn, gu, act = self.qkv_TO[:T], self.attn_TO[:T], self.gu_TO[:T], self.act_TF[:T]
+
+        # embedding rows of this rank's vocabulary (zeros elsewhere) -> full embeddings
+        embed_rows(part, ids_T, w.embed_VD, self.layout.vocab[0])
+        x[:] = 0.0
+        comm.combine(x, part)
+        for i, layer in enumerate(w.layers):
+            k_cache, v_cache = self.cache.layer(i)
+            # attention block: norm, q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
+            rmsnorm(h, x, layer.input_layernorm_D, eps)
+            layer.qkv_proj(qkv, h, self.scratch)
+            qk_norm_rope_cache(qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2,
+                               pos0, eps, k_cache, v_cache)
+            self._attention(attn, qkv, k_cache, v_cache, pos0)
+            layer.o_proj(part, attn, self.scratch)
+            # partial sums -> full hidden, added to the residual
+            comm.combine(x, part)
+            # MLP block: norm, gate/up of the local FFN slice, SiLU(gate) * up, down_proj slice
+            rmsnorm(h, x, layer.post_attention_layernorm_D, eps)
+            layer.gate_up_proj(gu, h, self.scratch)
+            silu_mul(act, gu)
+            layer.down_proj(part, act, self.scratch)
+            # partial sums -> full hidden, added to the residual
+            comm.combine(x, part)
+
+        # final norm, LM head rows of this rank's vocabulary, logits -> rank 0
+        counts = [c[1] - c[0] for c in self._vocab_ranges()]
+        if all_logits:
+            rmsnorm(h, x, w.norm_D, eps)
+            logits_TV = np.empty((T, self.layout.n_vocab), np.float32)
+            w.lm_head(logits_TV, h, self.scratch)
+            return comm.gather_columns(logits_TV, counts)
+        rmsnorm(h[:1], x[T - 1 : T], w.norm_D, eps)
+        w.lm_head(self.logits_1V, h[:1], self.scratch)
+        full = comm.gather_columns(self.logits_1V, counts)
+        return None if full is None else full[0]
+
+    def _attention(self, out_TO, qkv_TO, k_cache, v_cache, pos0):
+        if self.attention == "standard":
+            attention_standard(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale, self.attn_scratch)
+        else:
+            attention_streaming(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale,
+                                self.attn_scratch, self.block, self.qblock)
+
+    def _vocab_ranges(self):
+        return [ShardLayout.for_rank(self.config, r, self.layout.size).vocab for r in range(self.layout.size)]
+
+    def hidden_digest(self, T: int) -> str:
+        """A hash of the residual stream of the last call: equal on every rank when combine is exact."""
+        import hashlib
+
+        return hashlib.sha256(self.x_TD[:T].tobytes()).hexdigest()
