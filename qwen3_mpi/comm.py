@@ -67,11 +67,11 @@ class Comm:
             add_partials(x_TD, part_TD[None])
             return
         T, D = part_TD.shape
-        if self._gathered is None or self._gathered.shape[1] < T * D:
-            self._gathered = np.empty((self.size, T * D), dtype=np.float32)
-        gathered = self._gathered[:, : T * D]
-        self.world.Allgather(part_TD, gathered)
-        add_partials(x_TD, gathered.reshape(self.size, T, D))
+        if self._gathered is None or self._gathered.size < self.size * T * D:
+            self._gathered = np.empty(self.size * T * D, dtype=np.float32)
+        gathered_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
+        self.world.Allgather(part_TD, gathered_RTD)
+        add_partials(x_TD, gathered_RTD)
 
     def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:
         """Column blocks [T, V_r] of every rank -> [T, sum V_r] on rank 0 (None elsewhere)."""

@@ -97,7 +97,7 @@ class Qwen3Config:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             torch_dtype=str(raw.get("dtype") or raw.get("torch_dtype") or "bfloat16"),
             rope_scaling=scaling,
-            eos_token_ids=_int_tuple(eos),
+            eos_token_ids=int_tuple(eos),
         )
 
     @classmethod
@@ -116,7 +116,7 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
-def _int_tuple(value) -> tuple[int, ...]:
+def int_tuple(value) -> tuple[int, ...]:
     if value is None:
         return ()
     if isinstance(value, int):

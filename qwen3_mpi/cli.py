@@ -1,0 +1,144 @@
+"""Command line: argparse -> options; the only place options are read.
+
+    qwen3-mpi generate [-m DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [sampling] [--attention ...] [--json]
+    qwen3-mpi logits -m DIR --prompt-ids 1,2,3 -o FILE.npy
+Both run under `mpirun -n N` or alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import traceback
+from pathlib import Path
+
+from .comm import AgreedError, Comm
+from .config import COMBINE_KINDS, Qwen3Config, ShardLayout, generation_defaults
+from .errors import UserError
+
+PROG = "qwen3-mpi"
+
+
+class _Parser(argparse.ArgumentParser):
+    quiet = False  # every rank parses the same argv; only rank 0 prints usage and errors
+
+    def _print_message(self, message, file=None):
+        if not self.quiet:
+            super()._print_message(message, file)
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise argparse.ArgumentTypeError("expected at least one token id")
+    return ids
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Tensor-parallel Qwen3 inference on CPU clusters (run under mpirun).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_run_options(p, model_required: bool):
+        p.add_argument("-m", "--model", required=model_required, help="Hugging Face Qwen3 checkpoint directory"
+                       + ("" if model_required else " (default: the random-weight demo checkpoint)"))
+        p.add_argument("--attention", choices=("standard", "streaming"), default="streaming",
+                       help="attention kernel (default: streaming)")
+        p.add_argument("--block-size", type=_positive, default=256, help="streaming attention KV block (default 256)")
+        p.add_argument("--combine", choices=COMBINE_KINDS, default="allgather",
+                       help="how partial sums are combined across ranks (default: allgather, summed in rank order)")
+        p.add_argument("--threads", type=_positive, help="threads per rank (default: cores on the node / ranks on the node)")
+        p.add_argument("--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)")
+
+    g = sub.add_parser("generate", help="generate text")
+    add_run_options(g, model_required=False)
+    prompt = g.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("-p", "--prompt", help="prompt text (chat template applied unless --no-chat-template)")
+    prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (no template, no tokenizer needed)")
+    g.add_argument("-s", "--system", help="system message for the chat template")
+    g.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt text as is")
+    g.add_argument("-n", "--max-new-tokens", type=_positive, default=128, help="default 128")
+    g.add_argument("--max-context", type=_positive, help="KV cache positions (default: prompt + new tokens, "
+                   "at most max_position_embeddings)")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 0)")
+    g.add_argument("--top-k", type=int, help="default: generation_config.json, else off")
+    g.add_argument("--top-p", type=float, help="default: generation_config.json, else off")
+    g.add_argument("--min-p", type=float, help="default: generation_config.json, else off")
+    g.add_argument("--repetition-penalty", type=float, help="default: generation_config.json, else 1.0")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="default 0")
+    g.add_argument("--seed", type=int, help="sampling seed (default: random; printed)")
+    g.add_argument("--stop", action="append", default=[], help="stop when this text is generated (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens (benchmarks)")
+    g.add_argument("--json", action="store_true", help="print one JSON object with ids, text and timings")
+
+    lg = sub.add_parser("logits", help="write the logits of every prompt position to a .npy file")
+    add_run_options(lg, model_required=True)
+    lg.add_argument("--prompt-ids", type=_ids, required=True, help="token ids, e.g. 1,2,3")
+    lg.add_argument("-o", "--output", required=True, help="output .npy file: float32 [len(prompt), vocab_size]")
+    return parser
+
+
+def main(argv=None) -> int:
+    comm = Comm()
+    _Parser.quiet = not comm.is_root
+    try:
+        args = build_parser().parse_args(argv)
+        comm.combine_method = args.combine
+        _set_threads(comm, args.threads)
+        if args.command == "generate":
+            from .commands import generate
+
+            generate(args, comm)
+        else:
+            from .commands import logits
+
+            logits(args, comm)
+        return 0
+    except AgreedError as e:  # every rank knows: exit cleanly, rank 0 says why
+        if comm.is_root:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except UserError as e:  # found by this rank alone: the others may be waiting in a collective
+        print(f"{PROG}: error: " + (f"(rank {comm.rank}) " if comm.size > 1 else "") + str(e), file=sys.stderr)
+        comm.abort(1)
+    except KeyboardInterrupt:
+        comm.abort(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        print(f"{PROG}: internal error on rank {comm.rank}:", file=sys.stderr)
+        traceback.print_exc()
+        comm.abort(1)
+    return 1
+
+
+def _set_threads(comm: Comm, threads: int | None) -> int:
+    """Threads for numba and BLAS: --threads, else this node's cores shared among the ranks on it."""
+    if threads is None:
+        available = len(os.sched_getaffinity(0))
+        bound = available < (os.cpu_count() or available)  # the launcher pinned us: use what we got
+        threads = available if bound else max(1, available // comm.local_size)
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(threads)
+    return threads
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
