@@ -61,9 +61,10 @@ def _load(args, comm: Comm, model_dir: Path, max_context: int, max_tokens: int):
     comm.barrier()
     t0 = comm.wtime()
     weights = comm.agree(lambda: load_shard(Checkpoint(model_dir), config, layout))
-    load_s = comm.max(comm.wtime() - t0)
     model = Model(config, layout, weights, comm, attention=args.attention, max_context=max_context,
                   max_tokens=max_tokens, block=args.block_size)
+    model.warmup()
+    load_s = comm.max(comm.wtime() - t0)
     return config, model, load_s
 
 

@@ -180,6 +180,14 @@ class Model:
         full = comm.gather_columns(self.logits_1V, counts)
         return None if full is None else full[0]
 
+    def warmup(self) -> None:
+        """Compile (or load from numba's cache) every kernel path once: a decode step and, if prompts can
+        be longer, a prefill step. Writes cache positions that the real prefill overwrites."""
+        from .kernels.linear import SMALL_T
+
+        for T in (1, min(SMALL_T + 1, self.max_tokens, self.max_context)):
+            self.forward(np.zeros(T, np.int64), 0)
+
     def _attention(self, out_TO, qkv_TO, k_cache, v_cache, pos0):
         if self.attention == "standard":
             attention_standard(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale, self.attn_scratch)

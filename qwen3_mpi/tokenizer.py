@@ -50,7 +50,13 @@ class Tokenizer:
         if self._template is None:
             self._template = _compile(self.chat_template_source)
         special = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **special, **kwargs)
+        from jinja2 import TemplateError
+
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         **special, **kwargs)
+        except TemplateError as e:  # includes the sandbox's SecurityError
+            raise UserError(f"chat template failed: {type(e).__name__}: {e}") from None
 
     def apply_chat_template(self, messages: list[dict], **kwargs) -> list[int]:
         """Ids of the rendered conversation, as transformers' apply_chat_template(tokenize=True) gives."""

@@ -1,0 +1,135 @@
+"""Each kernel against a plain numpy reference."""
+import numba
+import numpy as np
+import pytest
+
+from qwen3_mpi.kernels import Linear, add_partials, attention_standard, attention_streaming, embed_rows, rmsnorm, silu_mul
+from qwen3_mpi.kernels.attention import streaming_scratch_size
+from qwen3_mpi.kernels.linear import SMALL_T
+from qwen3_mpi.weights import bf16_to_f32
+
+rng = np.random.default_rng(0)
+
+
+def reference_attention(q_THK, k_GSK, v_GSK, kv_of_H, pos0):
+    T, H, K = q_THK.shape
+    out = np.zeros((T, H, K), np.float64)
+    for t in range(T):
+        n = pos0 + t + 1
+        for h in range(H):
+            g = kv_of_H[h]
+            s = (k_GSK[g, :n].astype(np.float64) @ q_THK[t, h]) / np.sqrt(K)
+            p = np.exp(s - s.max())
+            out[t, h] = (p / p.sum()) @ v_GSK[g, :n]
+    return out
+
+
+def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4):
+    T, H, K = q_THK.shape
+    qkv_TO = np.ascontiguousarray(q_THK.reshape(T, H * K))
+    out_TO = np.zeros((T, H * K), np.float32)
+    threads = numba.get_num_threads()
+    scale = np.float32(K**-0.5)
+    if kind == "standard":
+        scratch = np.zeros((threads, k_GSK.shape[1]), np.float32)
+        attention_standard(out_TO, qkv_TO, kv_of_H, k_GSK, v_GSK, pos0, scale, scratch)
+    else:
+        scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K)), np.float32)
+        attention_streaming(out_TO, qkv_TO, kv_of_H, k_GSK, v_GSK, pos0, scale, scratch, block, qblock)
+    return out_TO.reshape(T, H, K)
+
+
+@pytest.mark.parametrize("kind", ["standard", "streaming"])
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 37), (7, 0), (13, 50), (33, 16), (1, 1000)])
+def test_attention_matches_numpy(kind, group, T, pos0):
+    G, K = 2, 32
+    H = G * group
+    S = pos0 + T
+    q = rng.standard_normal((T, H, K), dtype=np.float32)
+    k = rng.standard_normal((G, S + 3, K), dtype=np.float32)  # positions past S must be ignored
+    v = rng.standard_normal((G, S + 3, K), dtype=np.float32)
+    kv_of_H = np.arange(H, dtype=np.int64) // group
+    ours = run_attention(kind, q, k, v, kv_of_H, pos0)
+    np.testing.assert_allclose(ours, reference_attention(q, k, v, kv_of_H, pos0), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block,qblock", [(1, 1), (5, 3), (64, 16), (256, 16)])
+def test_streaming_agrees_with_standard_for_any_block(block, qblock):
+    T, pos0, G, H, K = 29, 71, 2, 4, 16
+    q = rng.standard_normal((T, H, K), dtype=np.float32) * 3  # peaked scores: online rescaling matters
+    k = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
+    v = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
+    kv_of_H = np.array([0, 0, 1, 1])
+    a = run_attention("standard", q, k, v, kv_of_H, pos0)
+    b = run_attention("streaming", q, k, v, kv_of_H, pos0, block=block, qblock=qblock)
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_long_context():
+    T, pos0, K = 1, 5000, 64
+    q = rng.standard_normal((T, 2, K), dtype=np.float32)
+    k = rng.standard_normal((1, pos0 + 1, K), dtype=np.float32)
+    v = rng.standard_normal((1, pos0 + 1, K), dtype=np.float32)
+    kv_of_H = np.array([0, 0])
+    ref = reference_attention(q, k, v, kv_of_H, pos0)
+    for kind in ("standard", "streaming"):
+        np.testing.assert_allclose(run_attention(kind, q, k, v, kv_of_H, pos0, block=256), ref, atol=2e-5, rtol=1e-4)
+
+
+def to_bf16_bits(a):
+    return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("T", [1, 2, SMALL_T, SMALL_T + 1, 37])
+def test_linear_matches_numpy(dtype, T):
+    O, I = 1000, 72
+    w = rng.standard_normal((O, I), dtype=np.float32)
+    if dtype == "bf16":
+        w = to_bf16_bits(w)
+    w32 = bf16_to_f32(w) if dtype == "bf16" else w
+    x = rng.standard_normal((T, I), dtype=np.float32)
+    lin = Linear(w)
+    lin.tile_rows = 300  # several tiles, the last one partial
+    y = np.zeros((T, O), np.float32)
+    lin(y, x, np.zeros(lin.scratch_size(T), np.float32))
+    np.testing.assert_allclose(y, x.astype(np.float64) @ w32.T.astype(np.float64), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_conversion_is_exact():
+    bits = np.arange(0, 2**16, dtype=np.uint16)
+    bits = bits[(bits & 0x7F80) != 0x7F80]  # finite values
+    expect = (bits.astype(np.uint32) << 16).view(np.float32)
+    table = bits.reshape(-1, 1)
+    out = np.zeros((len(bits), 1), np.float32)
+    embed_rows(out, np.arange(len(bits), dtype=np.int64), table, 0)
+    assert np.array_equal(out[:, 0].view(np.uint32), expect.view(np.uint32))
+
+
+def test_rmsnorm_and_silu():
+    x = rng.standard_normal((3, 50), dtype=np.float32)
+    w = rng.standard_normal(50, dtype=np.float32)
+    out = np.zeros_like(x)
+    rmsnorm(out, x, w, np.float32(1e-6))
+    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    gu = rng.standard_normal((3, 40), dtype=np.float32)
+    act = np.zeros((3, 20), np.float32)
+    silu_mul(act, gu)
+    g, u = gu[:, :20].astype(np.float64), gu[:, 20:]
+    np.testing.assert_allclose(act, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
+
+
+def test_add_partials_sums_in_rank_order():
+    parts = np.array([[[1e8]], [[1.0]], [[-1e8]]], np.float32)  # order-sensitive in float32
+    x = np.zeros((1, 1), np.float32)
+    add_partials(x, parts)
+    assert x[0, 0] == (np.float32(1e8) + np.float32(1.0)) + np.float32(-1e8)
+
+
+def test_embed_rows_only_own_vocabulary():
+    table = rng.standard_normal((10, 4), dtype=np.float32)
+    out = np.full((3, 4), 7.0, np.float32)
+    embed_rows(out, np.array([20, 25, 3]), table, 20)
+    assert np.array_equal(out[0], table[0]) and np.array_equal(out[1], table[5]) and not out[2].any()
