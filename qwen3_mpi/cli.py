@@ -135,8 +135,11 @@ def _set_threads(comm: Comm, threads: int | None) -> int:
     import numba
     from threadpoolctl import threadpool_limits
 
+    from .kernels.blas import SGEMM
+
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    threadpool_limits(threads)
+    # with sgemm called from numba's threads, BLAS must not start threads of its own
+    threadpool_limits(1 if SGEMM is not None else threads)
     return threads
 
 

@@ -90,8 +90,7 @@ def test_linear_matches_numpy(dtype, T):
         w = to_bf16_bits(w)
     w32 = bf16_to_f32(w) if dtype == "bf16" else w
     x = rng.standard_normal((T, I), dtype=np.float32)
-    lin = Linear(w)
-    lin.tile_rows = 300  # several tiles, the last one partial
+    lin = Linear(w)  # 1000 rows: several tiles, the last one partial
     y = np.zeros((T, O), np.float32)
     lin(y, x, np.zeros(lin.scratch_size(T), np.float32))
     np.testing.assert_allclose(y, x.astype(np.float64) @ w32.T.astype(np.float64), atol=1e-4, rtol=1e-4)

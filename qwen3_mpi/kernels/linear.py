@@ -1,16 +1,19 @@
 """y = x @ W.T for weights stored as the checkpoint stores them (bf16 bits or float32), W shaped [O, I].
 
-Few rows (decode): a numba kernel reads every weight once and converts it in registers, so the bytes
-read equal the stored size (memory bound). Many rows (prefill): W is converted to float32 a tile of
-rows at a time and multiplied with BLAS sgemm (compute bound).
+Few rows of x (decode): a numba kernel reads every weight once and widens it in registers, so the bytes
+read per token equal the stored size (memory bound). Many rows (prefill): numba threads each take tiles
+of W rows, widen a tile to float32 in their own scratch (L2-resident) and multiply it with OpenBLAS
+sgemm called from that thread (compute bound).
 """
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange
+from numba.extending import overload
 
+from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .bf16 import to_f32
 
-SMALL_T = 4             # at most this many rows of x: the streaming kernel; more: tiles + BLAS
-TILE_BYTES = 4 << 20    # float32 bytes of one converted weight tile
+SMALL_T = 4       # at most this many rows of x: matvec; more: tiles + sgemm
+TILE_ROWS = 128   # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -27,6 +30,41 @@ def matvec(y_TO, x_TI, w_OI):
             y_TO[t, o] = acc
 
 
+def _tile_pointer(w_OI, o0, n, tile_RI):
+    raise NotImplementedError  # numba only
+
+
+@overload(_tile_pointer, inline="always")
+def _tile_pointer_impl(w_OI, o0, n, tile_RI):
+    """Address of rows [o0, o0 + n) of W as float32: W itself when float32, else widened into tile."""
+    if w_OI.dtype == np.float32:
+        return lambda w_OI, o0, n, tile_RI: w_OI[o0:].ctypes.data
+
+    def widen(w_OI, o0, n, tile_RI):
+        for r in range(n):
+            for i in range(w_OI.shape[1]):
+                tile_RI[r, i] = to_f32(w_OI[o0 + r, i])
+        return tile_RI.ctypes.data
+
+    return widen
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matmul_tiles(y_TO, x_TI, w_OI, scratch_PRI, sgemm):
+    """y = x @ W.T, a tile of R rows of W per task: 2*T*O*I flops, W read once (widened per tile)."""
+    T, I = x_TI.shape
+    O = w_OI.shape[0]
+    R = scratch_PRI.shape[1]
+    for j in prange((O + R - 1) // R):
+        o0 = j * R
+        n = min(R, O - o0)
+        tile = scratch_PRI[get_thread_id()]
+        w_ptr = _tile_pointer(w_OI, o0, n, tile)
+        # y[:, o0:o0+n] = x @ tile[:n].T, written in place (leading dimension O)
+        sgemm(ROW_MAJOR, NO_TRANS, TRANS, T, n, I, np.float32(1.0), x_TI.ctypes.data, I, w_ptr, I,
+              np.float32(0.0), y_TO[:, o0:].ctypes.data, O)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def widen(out_OI, w_OI):
     """out = W as float32 (exact)."""
@@ -41,7 +79,6 @@ class Linear:
     def __init__(self, w_OI: np.ndarray):
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
         self.w_OI = w_OI
-        self.tile_rows = max(1, min(w_OI.shape[0], TILE_BYTES // (4 * w_OI.shape[1])))
 
     @property
     def shape(self):
@@ -52,23 +89,26 @@ class Linear:
         return self.w_OI.nbytes
 
     def __call__(self, y_TO, x_TI, scratch) -> None:
-        """y_TO = x_TI @ W.T; scratch is a float32 buffer of at least scratch_size(T) elements."""
+        """y_TO = x_TI @ W.T (both C-contiguous); scratch: float32, at least scratch_size(T) elements."""
         T = x_TI.shape[0]
         w = self.w_OI
+        O, I = w.shape
         if T <= SMALL_T:
             matvec(y_TO, x_TI, w)
+        elif SGEMM is not None:
+            threads = get_num_threads()
+            matmul_tiles(y_TO, x_TI, w, scratch[: threads * TILE_ROWS * I].reshape(threads, TILE_ROWS, I), SGEMM)
         elif w.dtype == np.float32:
             np.matmul(x_TI, w.T, out=y_TO)
-        else:
-            O, I = w.shape
-            rows = self.tile_rows
-            tile = scratch[: rows * I].reshape(rows, I)
-            out = scratch[rows * I : rows * I + T * rows].reshape(T, rows)
-            for o0 in range(0, O, rows):
-                n = min(rows, O - o0)
-                widen(tile[:n], w[o0 : o0 + n])
-                np.matmul(x_TI, tile[:n].T, out=out[:, :n])
-                y_TO[:, o0 : o0 + n] = out[:, :n]
+        else:  # no OpenBLAS to call from numba threads: widen all of W, then numpy's BLAS
+            tile = scratch[: O * I].reshape(O, I)
+            widen(tile, w)
+            np.matmul(x_TI, tile.T, out=y_TO)
 
     def scratch_size(self, T: int) -> int:
-        return self.tile_rows * (self.w_OI.shape[1] + T)
+        O, I = self.w_OI.shape
+        if T <= SMALL_T:
+            return 0
+        if SGEMM is not None:
+            return get_num_threads() * TILE_ROWS * I
+        return O * I

@@ -1,0 +1,87 @@
+"""Bad input: one clear message from rank 0, a non-zero exit, every rank ended, no hang."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import CONFIGS_DIR, run_cli
+
+TIMEOUT = 120
+
+
+def assert_clean_failure(proc, message):
+    assert proc.returncode != 0
+    assert proc.stderr.count(message) == 1, proc.stderr  # said once (by rank 0), not by every rank
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.fixture
+def f32_copy(checkpoints, tmp_path):
+    directory = tmp_path / "model"
+    shutil.copytree(checkpoints["untied-gqa1-f32"][0], directory)
+    return directory
+
+
+def test_missing_model_directory(tmp_path):
+    proc = run_cli(["generate", "-m", str(tmp_path / "nope"), "--prompt-ids", "1,2"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, "no such directory")
+
+
+def test_more_ranks_than_heads(f32_copy):
+    proc = run_cli(["logits", "-m", str(f32_copy), "--prompt-ids", "1,2", "-o", str(f32_copy / "x.npy")],
+                   ranks=5, timeout=TIMEOUT)
+    assert_clean_failure(proc, "5 ranks is more than num_attention_heads (4)")
+    assert not (f32_copy / "x.npy").exists()
+
+
+@pytest.mark.parametrize("change", ["missing", "shape"])
+def test_bad_tensor_is_named(f32_copy, change):
+    path = f32_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    name = "model.layers.1.mlp.down_proj.weight"
+    if change == "missing":
+        del tensors[name]
+        message = f"tensor {name} is missing from the checkpoint"
+    else:
+        tensors[name] = np.zeros((3, 3), np.float32)
+        message = f"model.safetensors: tensor {name} has shape [3, 3], expected [64, 96]"
+    save_file(tensors, str(path))
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1,2", "--json"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, message)
+
+
+def test_token_id_outside_vocabulary(f32_copy):
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1,384"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, "--prompt-ids: token id 384 is outside the vocabulary [0, 384)")
+
+
+def test_moe_model_refused(f32_copy):
+    shutil.copy(CONFIGS_DIR / "Qwen3-30B-A3B" / "config.json", f32_copy / "config.json")
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, "model_type 'qwen3_moe' is not supported")
+
+
+def test_text_prompt_without_tokenizer(f32_copy):
+    proc = run_cli(["generate", "-m", str(f32_copy), "-p", "hello"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, "tokenizer.json: file not found")
+
+
+def test_bad_flag_reported_once(f32_copy):
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1", "--attention", "fast"], ranks=2,
+                   timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stderr.count("invalid choice: 'fast'") == 1, proc.stderr
+
+
+def test_prompt_ids_need_no_tokenizer(f32_copy):
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1,2,3", "-n", "4", "--json"], ranks=2,
+                   timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for key in ("prompt_ids", "output_ids", "text", "ranks", "attention", "load_s", "prefill_tokens", "prefill_s",
+                "prefill_tokens_per_s", "decode_tokens", "decode_s", "decode_tokens_per_s", "peak_rss_mb"):
+        assert key in result
+    assert result["prompt_ids"] == [1, 2, 3] and len(result["output_ids"]) == 4 and result["text"] is None
