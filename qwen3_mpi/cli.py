@@ -7,15 +7,13 @@ Both run under `mpirun -n N` or alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import traceback
-from pathlib import Path
 
 from .comm import AgreedError, Comm
-from .config import COMBINE_KINDS, Qwen3Config, ShardLayout, generation_defaults
+from .config import COMBINE_KINDS
 from .errors import UserError
 
 PROG = "qwen3-mpi"

@@ -54,9 +54,8 @@ def _raise(message: str):
     raise UserError(message)
 
 
-def _load(args, comm: Comm, model_dir: Path, max_context: int, max_tokens: int):
-    """Config, layout and this rank's weights (errors agreed on); the Model, and the load time."""
-    config = comm.agree(Qwen3Config.from_hf, model_dir)
+def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: int, max_tokens: int):
+    """Layout and this rank's weights (errors agreed on), the warmed-up Model, and the load time."""
     layout = comm.agree(ShardLayout.for_rank, config, comm.rank, comm.size)
     comm.barrier()
     t0 = comm.wtime()
@@ -65,7 +64,7 @@ def _load(args, comm: Comm, model_dir: Path, max_context: int, max_tokens: int):
                   max_tokens=max_tokens, block=args.block_size)
     model.warmup()
     load_s = comm.max(comm.wtime() - t0)
-    return config, model, load_s
+    return model, load_s
 
 
 def _check_ids(ids: list[int], vocab_size: int, flag: str) -> None:
@@ -164,7 +163,7 @@ def generate(args, comm: Comm) -> None:
     # rank 0 alone: tokenizer, prompt, sampling and stops
     setup = comm.agree(lambda: _root_setup(args, model_dir, config) if comm.is_root else None)
     prompt_len, max_context, new_tokens = comm.bcast(setup[1] if comm.is_root else None)
-    _, model, load_s = _load(args, comm, model_dir, max_context, min(args.prefill_chunk, prompt_len))
+    model, load_s = _load(args, comm, model_dir, config, max_context, min(args.prefill_chunk, prompt_len))
     engine = Engine(model, comm)
     if comm.is_root:
         (ids, tokenizer, sampler, stop_ids, seed), _ = setup
@@ -235,12 +234,10 @@ def logits(args, comm: Comm) -> None:
     out = Path(args.output)
     comm.agree(lambda: _check_logits_args(args, config, out) if comm.is_root else None)
     n = len(args.prompt_ids)
-    if n > config.max_position_embeddings:
-        comm.agree(_raise, f"--prompt-ids: {n} tokens exceed max_position_embeddings ({config.max_position_embeddings})")
-    _, model, _ = _load(args, comm, model_dir, n, min(args.prefill_chunk, n))
+    model, _ = _load(args, comm, model_dir, config, n, min(args.prefill_chunk, n))
     engine = Engine(model, comm)
     values = engine.prefill(np.array(args.prompt_ids, np.int64), all_logits=True)
-    digests = comm.gather(model.hidden_digest(min(model.max_tokens, n - (n - 1) // model.max_tokens * model.max_tokens)))
+    digests = comm.gather(model.hidden_digest())
     if not comm.is_root:
         return
     if len(set(digests)) != 1:
@@ -257,5 +254,8 @@ def logits(args, comm: Comm) -> None:
 
 def _check_logits_args(args, config: Qwen3Config, out: Path) -> None:
     _check_ids(args.prompt_ids, config.vocab_size, "--prompt-ids")
+    n, limit = len(args.prompt_ids), config.max_position_embeddings
+    if n > limit:
+        raise UserError(f"--prompt-ids: {n} tokens exceed max_position_embeddings ({limit})")
     if not out.parent.is_dir():
         raise UserError(f"-o {out}: directory {out.parent} does not exist")

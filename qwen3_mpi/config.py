@@ -5,7 +5,6 @@ Qwen3Config keeps Hugging Face names and global sizes. Per-rank sizes live only 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -6,6 +6,7 @@ rows on this rank, O output features of a fused projection, R ranks. `x_TD` is [
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numba
@@ -14,7 +15,7 @@ import numpy as np
 from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
-from .kernels import Linear, add_partials, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
+from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
 from .kernels.attention import attention_standard, attention_streaming, streaming_scratch_size
 from .kv_cache import KVCache
 from .rope import rope_tables
@@ -112,6 +113,9 @@ class Model:
         self.block, self.qblock = block, qblock
         D, K, T = config.hidden_size, config.head_dim, max_tokens
         H, G, F = layout.n_heads, layout.n_kv_heads, layout.n_ffn
+        self.vocab_counts = [b - a for a, b in (ShardLayout.for_rank(config, r, layout.size).vocab
+                                                for r in range(layout.size))]
+        self.last_T = 0
         self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
         self.cache = KVCache(config.num_hidden_layers, G, max_context, K)
         self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
@@ -136,7 +140,7 @@ class Model:
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
         the logits of the last token [V] (or of every token [T, V] with all_logits), None elsewhere."""
-        T = ids_T.shape[0]
+        T = self.last_T = ids_T.shape[0]
         if T > self.max_tokens or pos0 + T > self.max_context:
             raise ValueError("forward: tokens exceed the preallocated buffers")
         cfg, w, comm = self.config, self.weights, self.comm
@@ -169,7 +173,7 @@ class Model:
             comm.combine(x, part)
 
         # final norm, LM head rows of this rank's vocabulary, logits -> rank 0
-        counts = [c[1] - c[0] for c in self._vocab_ranges()]
+        counts = self.vocab_counts
         if all_logits:
             rmsnorm(h, x, w.norm_D, eps)
             logits_TV = np.empty((T, self.layout.n_vocab), np.float32)
@@ -195,11 +199,6 @@ class Model:
             attention_streaming(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale,
                                 self.attn_scratch, self.block, self.qblock)
 
-    def _vocab_ranges(self):
-        return [ShardLayout.for_rank(self.config, r, self.layout.size).vocab for r in range(self.layout.size)]
-
-    def hidden_digest(self, T: int) -> str:
+    def hidden_digest(self) -> str:
         """A hash of the residual stream of the last call: equal on every rank when combine is exact."""
-        import hashlib
-
-        return hashlib.sha256(self.x_TD[:T].tobytes()).hexdigest()
+        return hashlib.sha256(self.x_TD[: self.last_T].tobytes()).hexdigest()

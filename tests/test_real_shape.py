@@ -1,6 +1,5 @@
 """Qwen3-0.6B at its real shape (config from ../shared, random weights saved by save_pretrained in bf16):
 ours at 1 to 4 ranks against transformers' fp32 logits."""
-import json
 
 import numpy as np
 import pytest
