@@ -108,13 +108,16 @@ def _tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _random_bf16(name: str, shape: tuple[int, ...], seed: int, std: float) -> np.ndarray:
-    """Seeded per tensor: N(0, std) for matrices, 1 + N(0, 0.1) for norm weights; bf16 bits, rounded to nearest even."""
+def _random_bf16(name: str, shape: tuple[int, ...], seed: int, std: float, chunk: int = 1 << 22):
+    """Seeded per tensor: N(0, std) for matrices, 1 + N(0, 0.1) for norm weights; bf16 bits (rounded to
+    nearest even), yielded in chunks of rows so that writing needs little memory."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    values = rng.standard_normal(shape, dtype=np.float32)
-    values = values * np.float32(0.1) + np.float32(1.0) if len(shape) == 1 else values * np.float32(std)
-    bits = values.view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rows = max(1, chunk // int(np.prod(shape[1:], dtype=np.int64)))
+    for start in range(0, shape[0], rows):
+        values = rng.standard_normal((min(rows, shape[0] - start), *shape[1:]), dtype=np.float32)
+        values = values * np.float32(0.1) + np.float32(1.0) if len(shape) == 1 else values * np.float32(std)
+        bits = values.view(np.uint32)
+        yield ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
@@ -130,7 +133,8 @@ def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
     with open(directory / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape in shapes.items():
-            f.write(_random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02)).tobytes())
+            for block in _random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02)):
+                f.write(block.tobytes())
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
 
