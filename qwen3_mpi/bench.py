@@ -35,9 +35,8 @@ def run(args, comm: Comm, model_dir: Path, model) -> None:
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, model.config.vocab_size, args.prompt_len).tolist() if comm.is_root else None
     results = []
-    for kernel in args.attention_kernels:
-        model.attention = kernel
-        model.resize_attention_scratch()
+    for kernel in args.attention:
+        model.set_attention(kernel)
         prefill, decode = [], []
         for i in range(args.warmup + args.iters):
             gen = engine.generate(prompt, args.gen_len, greedy if comm.is_root else None, set())

@@ -14,6 +14,7 @@ import traceback
 
 from .comm import AgreedError, Comm
 from .config import COMBINE_KINDS
+from .kernels.attention import ATTENTION_KERNELS
 from .errors import UserError
 
 PROG = "qwen3-mpi"
@@ -51,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Tensor-parallel Qwen3 inference on CPU clusters (run under mpirun).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def add_run_options(p, model_required: bool):
+    def add_run_options(p, model_required: bool, attention: bool = True):
         p.add_argument("-m", "--model", required=model_required, help="Hugging Face Qwen3 checkpoint directory"
                        + ("" if model_required else " (default: the random-weight demo checkpoint)"))
-        p.add_argument("--attention", choices=("standard", "streaming"), default="streaming",
-                       help="attention kernel (default: streaming)")
+        if attention:
+            p.add_argument("--attention", choices=ATTENTION_KERNELS, default="streaming",
+                           help="attention kernel (default: streaming)")
         p.add_argument("--block-size", type=_positive, default=256, help="streaming attention KV block (default 256)")
         p.add_argument("--combine", choices=COMBINE_KINDS, default="allgather",
                        help="how partial sums are combined across ranks (default: allgather, summed in rank order)")
@@ -87,7 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(lg, model_required=True)
     lg.add_argument("--prompt-ids", type=_ids, required=True, help="token ids, e.g. 1,2,3")
     lg.add_argument("-o", "--output", required=True, help="output .npy file: float32 [len(prompt), vocab_size]")
+
+    b = sub.add_parser("bench", help="measure prefill and decode tokens/s (median of --iters after --warmup)")
+    add_run_options(b, model_required=False, attention=False)
+    b.add_argument("--attention", type=_kernels, default=list(ATTENTION_KERNELS),
+                   help="kernels to measure, comma-separated (default: standard,streaming)")
+    b.add_argument("--prompt-len", type=_positive, default=128, help="default 128")
+    b.add_argument("--gen-len", type=_positive, default=64, help="new tokens per iteration (default 64)")
+    b.add_argument("--iters", type=_positive, default=3, help="measured iterations (default 3)")
+    b.add_argument("--warmup", type=int, default=1, help="unmeasured iterations first (default 1)")
+    b.add_argument("-o", "--output", help="append the JSON lines to this file")
     return parser
+
+
+def _kernels(text: str) -> list[str]:
+    kernels = [k for k in text.split(",") if k]
+    bad = [k for k in kernels if k not in ATTENTION_KERNELS]
+    if bad or not kernels:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(ATTENTION_KERNELS)}")
+    return kernels
 
 
 def main(argv=None) -> int:
@@ -97,14 +117,9 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         comm.combine_method = args.combine
         _set_threads(comm, args.threads)
-        if args.command == "generate":
-            from .commands import generate
+        from . import commands
 
-            generate(args, comm)
-        else:
-            from .commands import logits
-
-            logits(args, comm)
+        {"generate": commands.generate, "logits": commands.logits, "bench": commands.bench}[args.command](args, comm)
         return 0
     except AgreedError as e:  # every rank knows: exit cleanly, rank 0 says why
         if comm.is_root:

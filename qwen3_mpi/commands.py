@@ -60,7 +60,8 @@ def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: i
     comm.barrier()
     t0 = comm.wtime()
     weights = comm.agree(lambda: load_shard(Checkpoint(model_dir), config, layout))
-    model = Model(config, layout, weights, comm, attention=args.attention, max_context=max_context,
+    attention = args.attention if isinstance(args.attention, str) else args.attention[0]
+    model = Model(config, layout, weights, comm, attention=attention, max_context=max_context,
                   max_tokens=max_tokens, block=args.block_size)
     model.warmup()
     load_s = comm.max(comm.wtime() - t0)
@@ -259,3 +260,16 @@ def _check_logits_args(args, config: Qwen3Config, out: Path) -> None:
         raise UserError(f"--prompt-ids: {n} tokens exceed max_position_embeddings ({limit})")
     if not out.parent.is_dir():
         raise UserError(f"-o {out}: directory {out.parent} does not exist")
+
+
+def bench(args, comm: Comm) -> None:
+    from . import bench as benchmark
+
+    model_dir = _model_dir(args, comm)
+    config = comm.agree(Qwen3Config.from_hf, model_dir)
+    context = args.prompt_len + args.gen_len
+    if context > config.max_position_embeddings:
+        comm.agree(_raise, f"--prompt-len + --gen-len = {context} exceeds max_position_embeddings")
+    model, load_s = _load(args, comm, model_dir, config, context, min(args.prefill_chunk, args.prompt_len))
+    _log(comm, f"loaded in {load_s:.2f} s")
+    benchmark.run(args, comm, model_dir, model)

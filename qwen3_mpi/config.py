@@ -10,7 +10,6 @@ from pathlib import Path
 
 from .errors import UserError
 
-ATTENTION_KINDS = ("standard", "streaming")
 COMBINE_KINDS = ("allgather", "allreduce")
 
 

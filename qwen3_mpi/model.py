@@ -16,7 +16,7 @@ from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
 from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
-from .kernels.attention import attention_standard, attention_streaming, streaming_scratch_size
+from .kernels.attention import ATTENTION_KERNELS, attention_standard, attention_streaming, streaming_scratch_size
 from .kv_cache import KVCache
 from .rope import rope_tables
 from .weights import Checkpoint, as_f32
@@ -105,10 +105,7 @@ class Model:
 
     def __init__(self, config: Qwen3Config, layout: ShardLayout, weights: ShardWeights, comm: Comm, *,
                  attention: str, max_context: int, max_tokens: int, block: int = 256, qblock: int = 16):
-        if attention not in ("standard", "streaming"):
-            raise UserError(f"--attention must be 'standard' or 'streaming', not {attention!r}")
         self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
-        self.attention = attention
         self.max_context, self.max_tokens = max_context, max_tokens
         self.block, self.qblock = block, qblock
         D, K, T = config.hidden_size, config.head_dim, max_tokens
@@ -131,11 +128,19 @@ class Model:
         self.logits_1V = np.zeros((1, layout.n_vocab), f32)
         linears = [weights.lm_head] + [m for l in weights.layers for m in (l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj)]
         self.scratch = np.zeros(max(m.scratch_size(T) for m in linears), f32)
+        self.set_attention(attention)
+
+    def set_attention(self, attention: str) -> None:
+        """Choose the attention kernel ('standard' or 'streaming') and size its per-thread scratch."""
+        if attention not in ATTENTION_KERNELS:
+            raise UserError(f"--attention must be 'standard' or 'streaming', not {attention!r}")
+        self.attention = attention
         threads = numba.get_num_threads()
         if attention == "standard":
-            self.attn_scratch = np.zeros((threads, max_context), f32)
+            size = self.max_context
         else:
-            self.attn_scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K)), f32)
+            size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim)
+        self.attn_scratch = np.zeros((threads, size), np.float32)
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
