@@ -16,7 +16,8 @@ from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
 from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
-from .kernels.attention import ATTENTION_KERNELS, attention_standard, attention_streaming, streaming_scratch_size
+from .kernels.attention import (ATTENTION_KERNELS, attention_standard, attention_streaming, heads_of_kv,
+                                streaming_scratch_size)
 from .kv_cache import KVCache
 from .rope import rope_tables
 from .weights import Checkpoint, as_f32
@@ -114,6 +115,7 @@ class Model:
                                                 for r in range(layout.size))]
         self.last_T = 0
         self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
+        self.heads_of_G = heads_of_kv(self.kv_of_H, layout.n_kv_heads)
         self.cache = KVCache(config.num_hidden_layers, G, max_context, K)
         self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
         self.scale = np.float32(K**-0.5)
@@ -139,7 +141,8 @@ class Model:
         if attention == "standard":
             size = self.max_context
         else:
-            size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim)
+            group = int(np.diff(self.heads_of_G).max())
+            size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group)
         self.attn_scratch = np.zeros((threads, size), np.float32)
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False) -> np.ndarray | None:
@@ -201,7 +204,7 @@ class Model:
         if self.attention == "standard":
             attention_standard(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale, self.attn_scratch)
         else:
-            attention_streaming(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale,
+            attention_streaming(out_TO, qkv_TO, self.heads_of_G, k_cache, v_cache, pos0, self.scale,
                                 self.attn_scratch, self.block, self.qblock)
 
     def hidden_digest(self) -> str:

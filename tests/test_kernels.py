@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qwen3_mpi.kernels import Linear, add_partials, attention_standard, attention_streaming, embed_rows, rmsnorm, silu_mul
-from qwen3_mpi.kernels.attention import streaming_scratch_size
+from qwen3_mpi.kernels.attention import heads_of_kv, streaming_scratch_size
 from qwen3_mpi.kernels.linear import SMALL_T
 from qwen3_mpi.weights import bf16_to_f32
 
@@ -34,8 +34,10 @@ def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4):
         scratch = np.zeros((threads, k_GSK.shape[1]), np.float32)
         attention_standard(out_TO, qkv_TO, kv_of_H, k_GSK, v_GSK, pos0, scale, scratch)
     else:
-        scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K)), np.float32)
-        attention_streaming(out_TO, qkv_TO, kv_of_H, k_GSK, v_GSK, pos0, scale, scratch, block, qblock)
+        heads_of_G = heads_of_kv(kv_of_H, k_GSK.shape[0])
+        group = int(np.diff(heads_of_G).max())
+        scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K, group)), np.float32)
+        attention_streaming(out_TO, qkv_TO, heads_of_G, k_GSK, v_GSK, pos0, scale, scratch, block, qblock)
     return out_TO.reshape(T, H, K)
 
 

@@ -1,0 +1,76 @@
+"""Attention micro-benchmark: standard vs streaming kernels against the number of cached positions.
+
+    python bench/attention.py [--heads 16] [--kv-heads 8] [--head-dim 128] [--queries 1 128]
+                              [--positions 128 256 ... 16384] [--threads N] [-o results.jsonl]
+For each case the new queries sit at the end of S cached positions (decode: 1 query; a prefill chunk:
+128). Prints one JSON line per case: median seconds of 5 runs, and the kernel's working memory (its
+per-thread scratch, the only memory that differs between the kernels; the KV cache is the same).
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numba
+import numpy as np
+
+from qwen3_mpi.kernels.attention import attention_standard, attention_streaming, heads_of_kv, streaming_scratch_size
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--queries", type=int, nargs="+", default=[1, 128])
+    parser.add_argument("--positions", type=int, nargs="+", default=[128 << i for i in range(8)])
+    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument("--qblock", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("-o", "--output")
+    args = parser.parse_args()
+    numba.set_num_threads(args.threads)
+    H, G, K = args.heads, args.kv_heads, args.head_dim
+    kv_of_H = np.arange(H, dtype=np.int64) // (H // G)
+    heads_of_G = heads_of_kv(kv_of_H, G)
+    scale = np.float32(K**-0.5)
+    rng = np.random.default_rng(0)
+    for S in args.positions:
+        k = rng.standard_normal((G, S, K), dtype=np.float32)
+        v = rng.standard_normal((G, S, K), dtype=np.float32)
+        for T in args.queries:
+            if T > S:
+                continue
+            qkv = rng.standard_normal((T, H * K), dtype=np.float32)
+            out = np.zeros((T, H * K), np.float32)
+            pos0 = S - T
+            results = {}
+            for kind in ("standard", "streaming"):
+                if kind == "standard":
+                    scratch = np.zeros((args.threads, S), np.float32)
+                    run = lambda: attention_standard(out, qkv, kv_of_H, k, v, pos0, scale, scratch)  # noqa: E731
+                else:
+                    size = streaming_scratch_size(args.block, args.qblock, K, H // G)
+                    scratch = np.zeros((args.threads, size), np.float32)
+                    run = lambda: attention_streaming(out, qkv, heads_of_G, k, v, pos0, scale, scratch,  # noqa: E731
+                                                      args.block, args.qblock)
+                run()
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - t0)
+                results[kind] = out.copy()
+                row = {"kernel": kind, "positions": S, "queries": T, "heads": H, "kv_heads": G, "head_dim": K,
+                       "threads": args.threads, "seconds": statistics.median(times),
+                       "working_memory_bytes": scratch.nbytes}
+                line = json.dumps(row)
+                print(line, flush=True)
+                if args.output:
+                    with open(args.output, "a") as f:
+                        f.write(line + "\n")
+            assert np.allclose(results["standard"], results["streaming"], atol=1e-4, rtol=1e-3)
+
+
+if __name__ == "__main__":
+    main()
