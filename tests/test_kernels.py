@@ -85,8 +85,9 @@ def to_bf16_bits(a):
 
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("T", [1, 2, SMALL_T, SMALL_T + 1, 37])
-def test_linear_matches_numpy(dtype, T):
-    O, I = 1000, 72
+@pytest.mark.parametrize("O", [1, 3, 1000, 1001, 1002, 1003])
+def test_linear_matches_numpy(dtype, T, O):
+    I = 72
     w = rng.standard_normal((O, I), dtype=np.float32)
     if dtype == "bf16":
         w = to_bf16_bits(w)

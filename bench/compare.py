@@ -1,0 +1,186 @@
+"""Side by side on this machine: transformers (bf16 and fp32) and qwen3_mpi on the same checkpoint, the
+same prompt length and number of new tokens, against the machine's measured limits.
+
+    python bench/compare.py [-m DIR] [--prompt-len 128] [--gen-len 64] [--iters 3] [--ranks 1 2]
+                            [--attention streaming] [-o results.json]
+Needs the test extra (torch, transformers). Prints a table: tokens/s, ratios to transformers, decode as
+a percentage of the bandwidth roofline (weight bytes read per token / measured read bandwidth) and
+prefill as a percentage of the measured float32 GEMM rate.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def read_bandwidth(threads: int, gib: float = 2.0) -> dict:
+    """STREAM-like read of a float32 array larger than the caches: numpy (one thread) and numba
+    (`threads` threads, the way the engine's kernels read), GB/s, best of 5."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def read(a, out):
+        for c in prange(out.size):
+            chunk = a[c * 4096 : (c + 1) * 4096]
+            s = np.float32(0.0)
+            for i in range(chunk.size):
+                s += chunk[i]
+            out[c] = s
+
+    a = np.ones(int(gib * 2**28), np.float32)
+    out = np.zeros(a.size // 4096, np.float32)
+    numba.set_num_threads(threads)
+    read(a, out)
+    return {"numpy_1_thread_gb_s": a.nbytes / min(_timed(lambda: a.sum()) for _ in range(3)) / 1e9,
+            "numba_gb_s": a.nbytes / min(_timed(lambda: read(a, out)) for _ in range(5)) / 1e9}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def gemm_rate(threads: int, T: int, O: int, I: int) -> float:
+    """float32 GFLOP/s of numpy's BLAS for [T, I] @ [I, O], best of 5."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, I), dtype=np.float32)
+    w = rng.standard_normal((O, I), dtype=np.float32)
+    y = np.empty((T, O), np.float32)
+    with threadpool_limits(threads):
+        np.matmul(x, w.T, out=y)
+        best = min(_timed(lambda: np.matmul(x, w.T, out=y)) for _ in range(5))
+    return 2 * T * O * I / best / 1e9
+
+
+def transformers_run(model_dir, dtype_name, prompt, gen_len, iters, threads) -> dict:
+    """Prefill the prompt, then greedy decode gen_len - 1 steps with the KV cache; median tokens/s."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    torch.set_num_threads(threads)
+    model = Qwen3ForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype_name))
+    model.eval()
+    ids = torch.tensor([prompt])
+    prefill, decode = [], []
+    with torch.inference_mode():
+        for i in range(iters + 1):
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True)
+            t1 = time.perf_counter()
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            for _ in range(gen_len - 1):
+                out = model(input_ids=token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t2 = time.perf_counter()
+            if i > 0:  # the first iteration warms up
+                prefill.append(len(prompt) / (t1 - t0))
+                decode.append((gen_len - 1) / (t2 - t1))
+    del model
+    return {"prefill_tokens_per_s": statistics.median(prefill), "decode_tokens_per_s": statistics.median(decode)}
+
+
+def qwen3_mpi_run(model_dir, ranks, attention, prompt_len, gen_len, iters) -> dict:
+    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "qwen3_mpi", "bench", "--attention", attention,
+           "--prompt-len", str(prompt_len), "--gen-len", str(gen_len), "--iters", str(iters)]
+    if model_dir:
+        cmd += ["-m", model_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def linear_flops_per_token(config: dict) -> float:
+    """2 x the multiply-adds of every layer's projections (attention over a short prompt is small)."""
+    D, I, K = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    H, G, L = config["num_attention_heads"], config["num_key_value_heads"], config["num_hidden_layers"]
+    return 2.0 * L * (D * (H + 2 * G) * K + H * K * D + 3 * D * I)
+
+
+def worker(args) -> dict:
+    """Runs in a process of its own, so that numba's, OpenBLAS's and torch's thread pools never meet."""
+    config = json.load(open(os.path.join(args.model, "config.json")))
+    if args.worker == "machine":
+        machine = read_bandwidth(args.threads)
+        machine["sgemm_gflop_s"] = gemm_rate(args.threads, args.prompt_len, 2 * config["intermediate_size"],
+                                             config["hidden_size"])
+        machine["threads"] = args.threads
+        return machine
+    prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
+    return transformers_run(args.model, args.worker, prompt, args.gen_len, args.iters, args.threads)
+
+
+def in_subprocess(args, what: str, model_dir: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", what, "-m", model_dir, "--prompt-len", str(args.prompt_len),
+           "--gen-len", str(args.gen_len), "--iters", str(args.iters), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", "--model", help="checkpoint (default: the demo checkpoint)")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--attention", default="streaming")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("-o", "--output", help="write all figures as JSON here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement in its own process
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    from qwen3_mpi.demo import ensure_demo
+
+    model_dir = args.model or str(ensure_demo())
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    machine = in_subprocess(args, "machine", model_dir)
+    print(f"machine: {args.threads} threads; read bandwidth {machine['numba_gb_s']:.1f} GB/s (numba, all threads), "
+          f"{machine['numpy_1_thread_gb_s']:.1f} GB/s (numpy, 1 thread); float32 GEMM "
+          f"{machine['sgemm_gflop_s']:.0f} GFLOP/s", flush=True)
+
+    rows = {}
+    for dtype in ("bfloat16", "float32"):
+        rows[f"transformers {dtype}"] = in_subprocess(args, dtype, model_dir)
+        print(f"transformers {dtype}: {rows[f'transformers {dtype}']}", flush=True)
+    for n in args.ranks:
+        r = qwen3_mpi_run(args.model, n, args.attention, args.prompt_len, args.gen_len, args.iters)
+        rows[f"qwen3_mpi N={n}"] = r
+        print(f"qwen3_mpi N={n}: prefill {r['prefill_tokens_per_s']:.1f}, decode {r['decode_tokens_per_s']:.2f}",
+              flush=True)
+
+    flops = linear_flops_per_token(config)
+    bf16, fp32 = rows["transformers bfloat16"], rows["transformers float32"]
+    print(f"\nprompt {args.prompt_len}, {args.gen_len} new tokens, median of {args.iters}; "
+          f"roofline = weight bytes per token / {machine['numba_gb_s']:.1f} GB/s")
+    print("| engine | prefill tokens/s | decode tokens/s | prefill vs tf fp32 | decode vs tf bf16 | "
+          "decode % of roofline | prefill % of GEMM rate |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        extra = ""
+        if "weight_bytes_per_token" in r:
+            roofline = machine["numba_gb_s"] * 1e9 / r["weight_bytes_per_token"]
+            r["roofline_tokens_per_s"] = roofline
+            extra = f"{100 * r['decode_tokens_per_s'] / roofline:.0f}% of {roofline:.1f}"
+        gemm = 100 * r["prefill_tokens_per_s"] * flops / 1e9 / machine["sgemm_gflop_s"]
+        print(f"| {name} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | "
+              f"{r['prefill_tokens_per_s'] / fp32['prefill_tokens_per_s']:.2f}x | "
+              f"{r['decode_tokens_per_s'] / bf16['decode_tokens_per_s']:.2f}x | {extra} | {gemm:.0f}% |")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"machine": machine, "engines": rows, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
+                       "iters": args.iters, "model": model_dir}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
