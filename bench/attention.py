@@ -13,8 +13,9 @@ import time
 
 import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from qwen3_mpi.kernels.attention import attention_standard, attention_streaming, heads_of_kv, streaming_scratch_size
+from qwen3_mpi.kernels.attention import attention_standard, heads_of_kv, streaming, streaming_scratch_size
 
 
 def main():
@@ -25,11 +26,12 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--positions", type=int, nargs="+", default=[128 << i for i in range(8)])
     parser.add_argument("--block", type=int, default=256)
-    parser.add_argument("--qblock", type=int, default=16)
+    parser.add_argument("--qblock", type=int, default=64)
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
+    threadpool_limits(1)  # as qwen3-mpi does: sgemm is called from numba's threads
     H, G, K = args.heads, args.kv_heads, args.head_dim
     kv_of_H = np.arange(H, dtype=np.int64) // (H // G)
     heads_of_G = heads_of_kv(kv_of_H, G)
@@ -52,8 +54,8 @@ def main():
                 else:
                     size = streaming_scratch_size(args.block, args.qblock, K, H // G)
                     scratch = np.zeros((args.threads, size), np.float32)
-                    run = lambda: attention_streaming(out, qkv, heads_of_G, k, v, pos0, scale, scratch,  # noqa: E731
-                                                      args.block, args.qblock)
+                    run = lambda: streaming(out, qkv, heads_of_G, k, v, pos0, scale, scratch,  # noqa: E731
+                                            args.block, args.qblock)
                 run()
                 times = []
                 for _ in range(5):

@@ -16,8 +16,7 @@ from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
 from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
-from .kernels.attention import (ATTENTION_KERNELS, attention_standard, attention_streaming, heads_of_kv,
-                                streaming_scratch_size)
+from .kernels.attention import ATTENTION_KERNELS, attention_standard, heads_of_kv, streaming, streaming_scratch_size
 from .kv_cache import KVCache
 from .rope import rope_tables
 from .weights import Checkpoint, as_f32
@@ -105,7 +104,7 @@ class Model:
     """This rank's share of the model, its KV cache and every buffer the forward pass writes."""
 
     def __init__(self, config: Qwen3Config, layout: ShardLayout, weights: ShardWeights, comm: Comm, *,
-                 attention: str, max_context: int, max_tokens: int, block: int = 256, qblock: int = 16):
+                 attention: str, max_context: int, max_tokens: int, block: int = 256, qblock: int = 64):
         self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
         self.max_context, self.max_tokens = max_context, max_tokens
         self.block, self.qblock = block, qblock
@@ -204,8 +203,8 @@ class Model:
         if self.attention == "standard":
             attention_standard(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale, self.attn_scratch)
         else:
-            attention_streaming(out_TO, qkv_TO, self.heads_of_G, k_cache, v_cache, pos0, self.scale,
-                                self.attn_scratch, self.block, self.qblock)
+            streaming(out_TO, qkv_TO, self.heads_of_G, k_cache, v_cache, pos0, self.scale, self.attn_scratch,
+                      self.block, self.qblock)
 
     def hidden_digest(self) -> str:
         """A hash of the residual stream of the last call: equal on every rank when combine is exact."""

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from qwen3_mpi.kernels import Linear, add_partials, attention_standard, attention_streaming, embed_rows, rmsnorm, silu_mul
-from qwen3_mpi.kernels.attention import heads_of_kv, streaming_scratch_size
+from qwen3_mpi.kernels.attention import attention_streaming_blocks, blocks_scratch_size, heads_of_kv, streaming_scratch_size
+from qwen3_mpi.kernels.blas import SGEMM
 from qwen3_mpi.kernels.linear import SMALL_T
 from qwen3_mpi.weights import bf16_to_f32
 
@@ -135,3 +136,21 @@ def test_embed_rows_only_own_vocabulary():
     out = np.full((3, 4), 7.0, np.float32)
     embed_rows(out, np.array([20, 25, 3]), table, 20)
     assert np.array_equal(out[0], table[0]) and np.array_equal(out[1], table[5]) and not out[2].any()
+
+
+@pytest.mark.skipif(SGEMM is None, reason="numpy's BLAS is not OpenBLAS: the sgemm variant is not used")
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("T,pos0,block,qblock", [(13, 0, 4, 5), (64, 0, 256, 64), (40, 77, 16, 16), (5, 300, 256, 64)])
+def test_streaming_blocks_matches_numpy(group, T, pos0, block, qblock):
+    G, K = 2, 32
+    H = G * group
+    S = pos0 + T
+    q = rng.standard_normal((T, H, K), dtype=np.float32) * 2
+    k = rng.standard_normal((G, S + 3, K), dtype=np.float32)
+    v = rng.standard_normal((G, S + 3, K), dtype=np.float32)
+    kv_of_H = np.arange(H, dtype=np.int64) // group
+    out = np.zeros((T, H * K), np.float32)
+    scratch = np.zeros((numba.get_num_threads(), blocks_scratch_size(block, qblock, K)), np.float32)
+    attention_streaming_blocks(out, np.ascontiguousarray(q.reshape(T, H * K)), heads_of_kv(kv_of_H, G), k, v, pos0,
+                               np.float32(K**-0.5), scratch, block, qblock, SGEMM)
+    np.testing.assert_allclose(out.reshape(T, H, K), reference_attention(q, k, v, kv_of_H, pos0), atol=2e-5, rtol=1e-4)

@@ -13,6 +13,10 @@ streaming: online softmax over KV blocks of B positions for a block of up to QB 
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
+
+BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
+
 
 @njit(parallel=True, fastmath=True, cache=True)
 def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch):
@@ -83,31 +87,40 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
             for r in range(R):
                 h = h0 + r // nq
                 t = t0 + r % nq
-                visible = min(s1, pos0 + t + 1)  # causal limit of query t within this block
-                if visible <= s0:
+                n = min(s1, pos0 + t + 1) - s0  # positions of this block visible to query t (causal)
+                if n <= 0:
                     continue
                 q = qkv_TO[t, h * K : (h + 1) * K]
-                bm = -np.inf
-                for s in range(s0, visible):
-                    k = k_cache_GSK[g, s]
+                p = sc[r, :n]
+                a_r = acc[r]
+                # scores of the block, its max, then exp(score - new max) in place
+                block_max = -np.inf
+                for j in range(n):
+                    k = k_cache_GSK[g, s0 + j]
                     a = np.float32(0.0)
                     for i in range(K):
                         a += q[i] * k[i]
                     a *= scale
-                    sc[r, s - s0] = a
-                    bm = max(bm, a)
-                new_m = max(m[r], bm)
-                corr = np.exp(m[r] - new_m)
-                l[r] *= corr
-                for i in range(K):
-                    acc[r, i] *= corr
-                for s in range(s0, visible):
-                    e = np.exp(sc[r, s - s0] - new_m)
-                    l[r] += e
-                    v = v_cache_GSK[g, s]
-                    for i in range(K):
-                        acc[r, i] += e * v[i]
+                    p[j] = a
+                    block_max = max(block_max, a)
+                old_m = m[r]
+                new_m = max(old_m, block_max)
+                total = np.float32(0.0)
+                for j in range(n):
+                    e = np.exp(p[j] - new_m)
+                    p[j] = e
+                    total += e
+                # rescale what was accumulated under the old max, then add this block's weighted V
+                corr = np.exp(old_m - new_m)
+                l[r] = l[r] * corr + total
                 m[r] = new_m
+                for i in range(K):
+                    a_r[i] *= corr
+                for j in range(n):
+                    e = p[j]
+                    v = v_cache_GSK[g, s0 + j]
+                    for i in range(K):
+                        a_r[i] += e * v[i]
         for r in range(R):
             h = h0 + r // nq
             t = t0 + r % nq
@@ -116,12 +129,92 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                 out_TO[t, h * K + i] = acc[r, i] * inv
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block,
+                               qblock, sgemm):
+    """attention_streaming for many queries (prefill): the same online softmax, with the two products
+    of a (query block x KV block) tile, scores = Q K^T and acc += P V, done by sgemm from this thread.
+    A task is one query head and one block of queries; scratch per thread: qblock x (block + K + 2)."""
+    T = out_TO.shape[0]
+    O = qkv_TO.shape[1]
+    G = heads_of_G.shape[0] - 1
+    H = heads_of_G[G]
+    K = k_cache_GSK.shape[2]
+    n_qb = (T + qblock - 1) // qblock
+    for job in prange(n_qb * H):
+        qb = job // H
+        h = job % H
+        g = 0
+        while heads_of_G[g + 1] <= h:
+            g += 1
+        t0 = qb * qblock
+        nq = min(T, t0 + qblock) - t0
+        ws = scratch[get_thread_id()]
+        sc = ws[: qblock * block].reshape(qblock, block)
+        acc = ws[qblock * block : qblock * (block + K)].reshape(qblock, K)
+        m = ws[qblock * (block + K) : qblock * (block + K + 1)]
+        l = ws[qblock * (block + K + 1) : qblock * (block + K + 2)]
+        acc[:] = 0.0
+        m[:] = -np.inf
+        l[:] = 0.0
+        q_ptr = qkv_TO[t0:, h * K :].ctypes.data
+        end = pos0 + t0 + nq
+        for s0 in range(0, end, block):
+            n = min(end, s0 + block) - s0
+            # sc[:nq, :n] = scale * Q K^T
+            sgemm(ROW_MAJOR, NO_TRANS, TRANS, nq, n, K, scale, q_ptr, O, k_cache_GSK[g, s0:].ctypes.data, K,
+                  np.float32(0.0), sc.ctypes.data, block)
+            for j in range(nq):
+                visible = min(n, pos0 + t0 + j + 1 - s0)  # causal limit of query t0 + j in this block
+                row = sc[j]
+                if visible <= 0:
+                    row[:n] = 0.0
+                    continue
+                block_max = -np.inf
+                for c in range(visible):
+                    block_max = max(block_max, row[c])
+                new_m = max(m[j], block_max)
+                total = np.float32(0.0)
+                for c in range(visible):
+                    e = np.exp(row[c] - new_m)
+                    row[c] = e
+                    total += e
+                row[visible:n] = 0.0
+                corr = np.exp(m[j] - new_m)
+                l[j] = l[j] * corr + total
+                m[j] = new_m
+                for i in range(K):
+                    acc[j, i] *= corr
+            # acc[:nq] += P V
+            sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, nq, K, n, np.float32(1.0), sc.ctypes.data, block,
+                  v_cache_GSK[g, s0:].ctypes.data, K, np.float32(1.0), acc.ctypes.data, K)
+        for j in range(nq):
+            inv = np.float32(1.0) / l[j]
+            for i in range(K):
+                out_TO[t0 + j, h * K + i] = acc[j, i] * inv
+
+
 ATTENTION_KERNELS = ("standard", "streaming")
 
 
+def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
+    """Streaming attention: tiles multiplied by sgemm for many queries, the row kernel for few."""
+    if out_TO.shape[0] >= BLOCKS_MIN_T and SGEMM is not None:
+        attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch,
+                                   block, qblock, SGEMM)
+    else:
+        attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block,
+                            qblock)
+
+
 def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int) -> int:
-    """Floats of per-thread scratch for attention_streaming with at most `group` query heads per KV head."""
-    return group * qblock * (block + head_dim + 2)
+    """Floats of per-thread scratch for `streaming` with at most `group` query heads per KV head."""
+    return max(group * qblock * (block + head_dim + 2), blocks_scratch_size(block, qblock, head_dim))
+
+
+def blocks_scratch_size(block: int, qblock: int, head_dim: int) -> int:
+    """Floats of per-thread scratch for attention_streaming_blocks."""
+    return qblock * (block + head_dim + 2)
 
 
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:
