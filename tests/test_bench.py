@@ -1,0 +1,55 @@
+"""The benchmarks run and report (on a tiny checkpoint; no timing is asserted)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+
+
+def test_bench_command_writes_json_lines(checkpoints, tmp_path):
+    directory, _ = checkpoints["gqa4-sharded-bf16"]
+    out = tmp_path / "results.jsonl"
+    proc = run_cli(["bench", "-m", str(directory), "--prompt-len", "11", "--gen-len", "4", "--iters", "2",
+                    "--warmup", "1", "-o", str(out)], ranks=3)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["attention"] for r in rows] == ["standard", "streaming"]
+    for r in rows:
+        assert r["ranks"] == 3 and r["prompt_len"] == 11 and r["gen_len"] == 4
+        assert len(r["decode_tokens_per_s_all"]) == 2 and r["decode_tokens_per_s"] > 0
+        assert r["weight_bytes_per_token"] > 0
+
+
+def test_run_mpi_benchmark_script_table_and_plots(checkpoints, tmp_path):
+    directory, _ = checkpoints["untied-gqa1-f32"]
+    env = dict(os.environ, NUM_PROCS="1 2", MODEL=str(directory), PROMPT_LEN="6 12", GEN_LEN="3", ITERS="1",
+               ATTENTION="standard,streaming", OUT=str(tmp_path))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_mpi_benchmark.sh")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 8  # 2 rank counts x 2 prompts x 2 kernels
+    assert proc.stdout.count("\n| ") == 8 + 1  # header and one row each
+    for name in ("prefill_vs_prompt_len", "decode_vs_prompt_len", "prefill_vs_ranks", "decode_vs_ranks"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attention_micro_benchmark(tmp_path):
+    out = tmp_path / "attention.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "attention.py"), "--heads", "4", "--kv-heads", "2",
+                           "--head-dim", "16", "--positions", "16", "300", "--queries", "1", "9", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # the script also checks that both kernels agree
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8
+    standard = {r["positions"]: r["working_memory_bytes"] for r in rows if r["kernel"] == "standard"}
+    streaming = {r["positions"]: r["working_memory_bytes"] for r in rows if r["kernel"] == "streaming"}
+    assert standard[300] > standard[16] and streaming[300] == streaming[16]  # flat in the number of positions
+
+
+def test_combine_benchmark():
+    proc = subprocess.run(["mpirun", "-n", "2", sys.executable, str(ROOT / "bench" / "combine.py"), "--iters", "40"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {(r["method"], r["tokens"]) for r in rows} == {(m, t) for m in ("allgather", "allreduce") for t in (1, 128)}
