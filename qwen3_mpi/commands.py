@@ -75,7 +75,7 @@ def _check_ids(ids: list[int], vocab_size: int, flag: str) -> None:
 
 
 def _prepare_prompt(args, model_dir: Path, config: Qwen3Config):
-    """Rank 0: prompt ids, the tokenizer (None for --prompt-ids without tokenizer files), stop ids."""
+    """Rank 0: prompt ids and the tokenizer (None for --prompt-ids without tokenizer files)."""
     tokenizer = None
     if args.prompt_ids is not None:
         ids = list(args.prompt_ids)

@@ -192,11 +192,13 @@ class Model:
         return None if full is None else full[0]
 
     def warmup(self) -> None:
-        """Compile (or load from numba's cache) every kernel path once: a decode step and, if prompts can
-        be longer, a prefill step. Writes cache positions that the real prefill overwrites."""
+        """Compile (or load from numba's cache) every kernel path once: decode steps and, as far as the
+        buffers allow, prefill steps of each size class. Writes cache positions that the real prefill
+        overwrites."""
+        from .kernels.attention import BLOCKS_MIN_T
         from .kernels.linear import SMALL_T
 
-        for T in (1, min(SMALL_T + 1, self.max_tokens, self.max_context)):
+        for T in sorted({min(t, self.max_tokens, self.max_context) for t in (1, SMALL_T + 1, BLOCKS_MIN_T)}):
             self.forward(np.zeros(T, np.int64), 0)
 
     def _attention(self, out_TO, qkv_TO, k_cache, v_cache, pos0):

@@ -85,3 +85,35 @@ def test_prompt_ids_need_no_tokenizer(f32_copy):
                 "prefill_tokens_per_s", "decode_tokens", "decode_s", "decode_tokens_per_s", "peak_rss_mb"):
         assert key in result
     assert result["prompt_ids"] == [1, 2, 3] and len(result["output_ids"]) == 4 and result["text"] is None
+
+
+def test_a_dead_rank_ends_the_run(tmp_path):
+    """A rank that dies mid-generation (here: killed) never leaves the others waiting."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from qwen3_mpi import demo
+
+    config = dict(demo.QWEN3_0_6B, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+    model = demo.ensure_demo(config, tmp_path / "model")  # long context: the generation outlives the kill
+    cmd = ["mpirun", "-n", "2", sys.executable, "-m", "qwen3_mpi", "generate", "-m", str(model),
+           "--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        ranks = []
+        while len(ranks) < 2 and time.time() < deadline:
+            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())]
+            time.sleep(0.2)
+        assert len(ranks) == 2
+        time.sleep(2)  # let them get going
+        ranks[-1].kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0

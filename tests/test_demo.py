@@ -56,3 +56,16 @@ def test_generate_from_text(small_demo):
     again = json.loads(run_cli(["generate", "-m", str(small_demo), "-p", "Hello", "-n", "5", "--seed", "3",
                                 "--temperature", "0.8", "--json"], ranks=2).stdout)
     assert again["output_ids"] == result["output_ids"]  # same seed and ranks, same tokens
+
+
+def test_stop_text(small_demo):
+    base = ["generate", "-m", str(small_demo), "-p", "Hello", "-n", "12", "--temperature", "0", "--ignore-eos", "--json"]
+    full = json.loads(run_cli(base, ranks=1).stdout)
+    words = full["text"].split()
+    assert len(words) >= 3, full["text"]
+    stop = words[2][:3]
+    cut = full["text"].index(stop)
+    proc = run_cli(base + ["--stop", stop], ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["stop_reason"] == "stop" and result["text"] == full["text"][:cut]
