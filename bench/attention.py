@@ -6,6 +6,7 @@ For each case the new queries sit at the end of S cached positions (decode: 1 qu
 128). Prints one JSON line per case: median seconds of 5 runs, and the kernel's working memory (its
 per-thread scratch, the only memory that differs between the kernels; the KV cache is the same).
 """
+
 import argparse
 import json
 import statistics
@@ -54,8 +55,18 @@ def main():
                 else:
                     size = streaming_scratch_size(args.block, args.qblock, K, H // G)
                     scratch = np.zeros((args.threads, size), np.float32)
-                    run = lambda: streaming(out, qkv, heads_of_G, k, v, pos0, scale, scratch,  # noqa: E731
-                                            args.block, args.qblock)
+                    run = lambda: streaming(
+                        out,
+                        qkv,
+                        heads_of_G,
+                        k,
+                        v,
+                        pos0,
+                        scale,
+                        scratch,  # noqa: E731
+                        args.block,
+                        args.qblock,
+                    )
                 run()
                 times = []
                 for _ in range(5):
@@ -63,9 +74,17 @@ def main():
                     run()
                     times.append(time.perf_counter() - t0)
                 results[kind] = out.copy()
-                row = {"kernel": kind, "positions": S, "queries": T, "heads": H, "kv_heads": G, "head_dim": K,
-                       "threads": args.threads, "seconds": statistics.median(times),
-                       "working_memory_bytes": scratch.nbytes}
+                row = {
+                    "kernel": kind,
+                    "positions": S,
+                    "queries": T,
+                    "heads": H,
+                    "kv_heads": G,
+                    "head_dim": K,
+                    "threads": args.threads,
+                    "seconds": statistics.median(times),
+                    "working_memory_bytes": scratch.nbytes,
+                }
                 line = json.dumps(row)
                 print(line, flush=True)
                 if args.output:

@@ -3,6 +3,7 @@
     mpirun -n 2 python bench/combine.py [--hidden 1024] [--tokens 1 128] [--iters 2000]
 Prints one JSON line per (method, tokens) from rank 0: microseconds per combine, median of 5 rounds.
 """
+
 import argparse
 import json
 import statistics
@@ -35,8 +36,17 @@ def main():
                     comm.combine(x, part)
                 rounds.append((comm.wtime() - t0) / iters * 1e6)
             if comm.is_root:
-                print(json.dumps({"ranks": comm.size, "method": method, "tokens": T, "hidden": args.hidden,
-                                  "us_per_combine": statistics.median(rounds[1:])}))
+                print(
+                    json.dumps(
+                        {
+                            "ranks": comm.size,
+                            "method": method,
+                            "tokens": T,
+                            "hidden": args.hidden,
+                            "us_per_combine": statistics.median(rounds[1:]),
+                        }
+                    )
+                )
 
 
 if __name__ == "__main__":

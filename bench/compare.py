@@ -7,6 +7,7 @@ Needs the test extra (torch, transformers). Prints a table: tokens/s, ratios to 
 a percentage of the bandwidth roofline (weight bytes read per token / measured read bandwidth) and
 prefill as a percentage of the measured float32 GEMM rate.
 """
+
 import argparse
 import json
 import os
@@ -37,8 +38,10 @@ def read_bandwidth(threads: int, gib: float = 2.0) -> dict:
     out = np.zeros(a.size // 4096, np.float32)
     numba.set_num_threads(threads)
     read(a, out)
-    return {"numpy_1_thread_gb_s": a.nbytes / min(_timed(lambda: a.sum()) for _ in range(3)) / 1e9,
-            "numba_gb_s": a.nbytes / min(_timed(lambda: read(a, out)) for _ in range(5)) / 1e9}
+    return {
+        "numpy_1_thread_gb_s": a.nbytes / min(_timed(lambda: a.sum()) for _ in range(3)) / 1e9,
+        "numba_gb_s": a.nbytes / min(_timed(lambda: read(a, out)) for _ in range(5)) / 1e9,
+    }
 
 
 def _timed(fn) -> float:
@@ -89,8 +92,23 @@ def transformers_run(model_dir, dtype_name, prompt, gen_len, iters, threads) -> 
 
 
 def qwen3_mpi_run(model_dir, ranks, attention, prompt_len, gen_len, iters) -> dict:
-    cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "qwen3_mpi", "bench", "--attention", attention,
-           "--prompt-len", str(prompt_len), "--gen-len", str(gen_len), "--iters", str(iters)]
+    cmd = [
+        "mpirun",
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "qwen3_mpi",
+        "bench",
+        "--attention",
+        attention,
+        "--prompt-len",
+        str(prompt_len),
+        "--gen-len",
+        str(gen_len),
+        "--iters",
+        str(iters),
+    ]
     if model_dir:
         cmd += ["-m", model_dir]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -109,8 +127,9 @@ def worker(args) -> dict:
     config = json.load(open(os.path.join(args.model, "config.json")))
     if args.worker == "machine":
         machine = read_bandwidth(args.threads)
-        machine["sgemm_gflop_s"] = gemm_rate(args.threads, args.prompt_len, 2 * config["intermediate_size"],
-                                             config["hidden_size"])
+        machine["sgemm_gflop_s"] = gemm_rate(
+            args.threads, args.prompt_len, 2 * config["intermediate_size"], config["hidden_size"]
+        )
         machine["threads"] = args.threads
         return machine
     prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
@@ -118,8 +137,22 @@ def worker(args) -> dict:
 
 
 def in_subprocess(args, what: str, model_dir: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", what, "-m", model_dir, "--prompt-len", str(args.prompt_len),
-           "--gen-len", str(args.gen_len), "--iters", str(args.iters), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        what,
+        "-m",
+        model_dir,
+        "--prompt-len",
+        str(args.prompt_len),
+        "--gen-len",
+        str(args.gen_len),
+        "--iters",
+        str(args.iters),
+        "--threads",
+        str(args.threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -145,9 +178,12 @@ def main():
     model_dir = args.model or str(ensure_demo())
     config = json.load(open(os.path.join(model_dir, "config.json")))
     machine = in_subprocess(args, "machine", model_dir)
-    print(f"machine: {args.threads} threads; read bandwidth {machine['numba_gb_s']:.1f} GB/s (numba, all threads), "
-          f"{machine['numpy_1_thread_gb_s']:.1f} GB/s (numpy, 1 thread); float32 GEMM "
-          f"{machine['sgemm_gflop_s']:.0f} GFLOP/s", flush=True)
+    print(
+        f"machine: {args.threads} threads; read bandwidth {machine['numba_gb_s']:.1f} GB/s (numba, all threads), "
+        f"{machine['numpy_1_thread_gb_s']:.1f} GB/s (numpy, 1 thread); float32 GEMM "
+        f"{machine['sgemm_gflop_s']:.0f} GFLOP/s",
+        flush=True,
+    )
 
     rows = {}
     for dtype in ("bfloat16", "float32"):
@@ -156,15 +192,21 @@ def main():
     for n in args.ranks:
         r = qwen3_mpi_run(args.model, n, args.attention, args.prompt_len, args.gen_len, args.iters)
         rows[f"qwen3_mpi N={n}"] = r
-        print(f"qwen3_mpi N={n}: prefill {r['prefill_tokens_per_s']:.1f}, decode {r['decode_tokens_per_s']:.2f}",
-              flush=True)
+        print(
+            f"qwen3_mpi N={n}: prefill {r['prefill_tokens_per_s']:.1f}, decode {r['decode_tokens_per_s']:.2f}",
+            flush=True,
+        )
 
     flops = linear_flops_per_token(config)
     bf16, fp32 = rows["transformers bfloat16"], rows["transformers float32"]
-    print(f"\nprompt {args.prompt_len}, {args.gen_len} new tokens, median of {args.iters}; "
-          f"roofline = weight bytes per token / {machine['numba_gb_s']:.1f} GB/s")
-    print("| engine | prefill tokens/s | decode tokens/s | prefill vs tf fp32 | decode vs tf bf16 | "
-          "decode % of roofline | prefill % of GEMM rate |")
+    print(
+        f"\nprompt {args.prompt_len}, {args.gen_len} new tokens, median of {args.iters}; "
+        f"roofline = weight bytes per token / {machine['numba_gb_s']:.1f} GB/s"
+    )
+    print(
+        "| engine | prefill tokens/s | decode tokens/s | prefill vs tf fp32 | decode vs tf bf16 | "
+        "decode % of roofline | prefill % of GEMM rate |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         extra = ""
@@ -173,13 +215,25 @@ def main():
             r["roofline_tokens_per_s"] = roofline
             extra = f"{100 * r['decode_tokens_per_s'] / roofline:.0f}% of {roofline:.1f}"
         gemm = 100 * r["prefill_tokens_per_s"] * flops / 1e9 / machine["sgemm_gflop_s"]
-        print(f"| {name} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | "
-              f"{r['prefill_tokens_per_s'] / fp32['prefill_tokens_per_s']:.2f}x | "
-              f"{r['decode_tokens_per_s'] / bf16['decode_tokens_per_s']:.2f}x | {extra} | {gemm:.0f}% |")
+        print(
+            f"| {name} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | "
+            f"{r['prefill_tokens_per_s'] / fp32['prefill_tokens_per_s']:.2f}x | "
+            f"{r['decode_tokens_per_s'] / bf16['decode_tokens_per_s']:.2f}x | {extra} | {gemm:.0f}% |"
+        )
     if args.output:
         with open(args.output, "w") as f:
-            json.dump({"machine": machine, "engines": rows, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
-                       "iters": args.iters, "model": model_dir}, f, indent=2)
+            json.dump(
+                {
+                    "machine": machine,
+                    "engines": rows,
+                    "prompt_len": args.prompt_len,
+                    "gen_len": args.gen_len,
+                    "iters": args.iters,
+                    "model": model_dir,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 Plots (matplotlib, if installed): tokens/s against prompt length, standard vs streaming, per rank
 count; tokens/s against ranks, per kernel, at the longest prompt.
 """
+
 import argparse
 import json
 from collections import defaultdict
@@ -19,11 +20,15 @@ def load(path):
 
 
 def table(rows) -> str:
-    lines = ["| ranks | threads/rank | attention | prompt | new | prefill tokens/s | decode tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ranks | threads/rank | attention | prompt | new | prefill tokens/s | decode tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['ranks']} | {r['threads_per_rank']} | {r['attention']} | {r['prompt_len']} | "
-                     f"{r['gen_len']} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} |")
+        lines.append(
+            f"| {r['ranks']} | {r['threads_per_rank']} | {r['attention']} | {r['prompt_len']} | "
+            f"{r['gen_len']} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -41,8 +46,13 @@ def plots(rows, directory: Path) -> list[Path]:
             series[(r["ranks"], r["attention"])].append((r["prompt_len"], r[metric]))
         for (ranks, kernel), points in sorted(series.items()):
             points.sort()
-            ax.plot([p for p, _ in points], [v for _, v in points], marker="o",
-                    linestyle="-" if kernel == "streaming" else "--", label=f"{kernel}, {ranks} rank(s)")
+            ax.plot(
+                [p for p, _ in points],
+                [v for _, v in points],
+                marker="o",
+                linestyle="-" if kernel == "streaming" else "--",
+                label=f"{kernel}, {ranks} rank(s)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel(f"{label} tokens/s")

@@ -1,4 +1,5 @@
 """qwen3_mpi: tensor-parallel Qwen3 inference on CPU clusters with MPI and numba."""
+
 from ._cpu import prefer_512_bit_vectors
 
 prefer_512_bit_vectors()

@@ -4,6 +4,7 @@ LLVM's tuning for AVX-512 CPUs prefers 256-bit vectors; for the memory-bound dec
 code needs fewer instructions per byte read (measured on a 2-core AVX-512 VM: decode +12%). numba reads
 NUMBA_CPU_FEATURES once, when it is imported, so this runs first; a value the user set wins.
 """
+
 import os
 import platform
 import sys

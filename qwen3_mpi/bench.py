@@ -4,6 +4,7 @@ Every rank runs the same loop; rank 0 prints one JSON line per attention kernel 
 --output). Prompts are seeded random token ids; decoding is greedy and ignores end-of-sequence, so
 every iteration does exactly the same work.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,22 +47,24 @@ def run(args, comm: Comm, model_dir: Path, model) -> None:
         weight_bytes = comm.gather(weight_bytes_per_token(model))
         rss = comm.gather(peak_rss_mb())
         if comm.is_root:
-            results.append({
-                "model": str(model_dir),
-                "ranks": comm.size,
-                "threads_per_rank": numba.get_num_threads(),
-                "attention": kernel,
-                "combine": comm.combine_method,
-                "prompt_len": args.prompt_len,
-                "gen_len": args.gen_len,
-                "iters": args.iters,
-                "prefill_tokens_per_s": statistics.median(prefill),
-                "decode_tokens_per_s": statistics.median(decode),
-                "prefill_tokens_per_s_all": prefill,
-                "decode_tokens_per_s_all": decode,
-                "weight_bytes_per_token": sum(weight_bytes),
-                "peak_rss_mb": max(rss),
-            })
+            results.append(
+                {
+                    "model": str(model_dir),
+                    "ranks": comm.size,
+                    "threads_per_rank": numba.get_num_threads(),
+                    "attention": kernel,
+                    "combine": comm.combine_method,
+                    "prompt_len": args.prompt_len,
+                    "gen_len": args.gen_len,
+                    "iters": args.iters,
+                    "prefill_tokens_per_s": statistics.median(prefill),
+                    "decode_tokens_per_s": statistics.median(decode),
+                    "prefill_tokens_per_s_all": prefill,
+                    "decode_tokens_per_s_all": decode,
+                    "weight_bytes_per_token": sum(weight_bytes),
+                    "peak_rss_mb": max(rss),
+                }
+            )
     if comm.is_root:
         for r in results:
             line = json.dumps(r)
@@ -70,6 +73,9 @@ def run(args, comm: Comm, model_dir: Path, model) -> None:
                 with open(args.output, "a") as f:
                     f.write(line + "\n")
         for r in results:
-            print(f"{r['ranks']} rank(s) x {r['threads_per_rank']} thread(s) {r['attention']:9s} prompt "
-                  f"{r['prompt_len']:5d}: prefill {r['prefill_tokens_per_s']:8.1f} tokens/s, decode "
-                  f"{r['decode_tokens_per_s']:6.1f} tokens/s (median of {r['iters']})", file=sys.stderr)
+            print(
+                f"{r['ranks']} rank(s) x {r['threads_per_rank']} thread(s) {r['attention']:9s} prompt "
+                f"{r['prompt_len']:5d}: prefill {r['prefill_tokens_per_s']:8.1f} tokens/s, decode "
+                f"{r['decode_tokens_per_s']:6.1f} tokens/s (median of {r['iters']})",
+                file=sys.stderr,
+            )

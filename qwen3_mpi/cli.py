@@ -4,6 +4,7 @@
     qwen3-mpi logits -m DIR --prompt-ids 1,2,3 -o FILE.npy
 Both run under `mpirun -n N` or alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,27 +54,49 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add_run_options(p, model_required: bool, attention: bool = True):
-        p.add_argument("-m", "--model", required=model_required, help="Hugging Face Qwen3 checkpoint directory"
-                       + ("" if model_required else " (default: the random-weight demo checkpoint)"))
+        p.add_argument(
+            "-m",
+            "--model",
+            required=model_required,
+            help="Hugging Face Qwen3 checkpoint directory"
+            + ("" if model_required else " (default: the random-weight demo checkpoint)"),
+        )
         if attention:
-            p.add_argument("--attention", choices=ATTENTION_KERNELS, default="streaming",
-                           help="attention kernel (default: streaming)")
+            p.add_argument(
+                "--attention",
+                choices=ATTENTION_KERNELS,
+                default="streaming",
+                help="attention kernel (default: streaming)",
+            )
         p.add_argument("--block-size", type=_positive, default=256, help="streaming attention KV block (default 256)")
-        p.add_argument("--combine", choices=COMBINE_KINDS, default="allgather",
-                       help="how partial sums are combined across ranks (default: allgather, summed in rank order)")
-        p.add_argument("--threads", type=_positive, help="threads per rank (default: cores on the node / ranks on the node)")
-        p.add_argument("--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)")
+        p.add_argument(
+            "--combine",
+            choices=COMBINE_KINDS,
+            default="allgather",
+            help="how partial sums are combined across ranks (default: allgather, summed in rank order)",
+        )
+        p.add_argument(
+            "--threads", type=_positive, help="threads per rank (default: cores on the node / ranks on the node)"
+        )
+        p.add_argument(
+            "--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)"
+        )
 
     g = sub.add_parser("generate", help="generate text")
     add_run_options(g, model_required=False)
     prompt = g.add_mutually_exclusive_group(required=True)
     prompt.add_argument("-p", "--prompt", help="prompt text (chat template applied unless --no-chat-template)")
-    prompt.add_argument("--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (no template, no tokenizer needed)")
+    prompt.add_argument(
+        "--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (no template, no tokenizer needed)"
+    )
     g.add_argument("-s", "--system", help="system message for the chat template")
     g.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt text as is")
     g.add_argument("-n", "--max-new-tokens", type=_positive, default=128, help="default 128")
-    g.add_argument("--max-context", type=_positive, help="KV cache positions (default: prompt + new tokens, "
-                   "at most max_position_embeddings)")
+    g.add_argument(
+        "--max-context",
+        type=_positive,
+        help="KV cache positions (default: prompt + new tokens, at most max_position_embeddings)",
+    )
     g.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 0)")
     g.add_argument("--top-k", type=int, help="default: generation_config.json, else off")
     g.add_argument("--top-p", type=float, help="default: generation_config.json, else off")
@@ -92,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="measure prefill and decode tokens/s (median of --iters after --warmup)")
     add_run_options(b, model_required=False, attention=False)
-    b.add_argument("--attention", type=_kernels, default=list(ATTENTION_KERNELS),
-                   help="kernels to measure, comma-separated (default: standard,streaming)")
+    b.add_argument(
+        "--attention",
+        type=_kernels,
+        default=list(ATTENTION_KERNELS),
+        help="kernels to measure, comma-separated (default: standard,streaming)",
+    )
     b.add_argument("--prompt-len", type=_positive, default=128, help="default 128")
     b.add_argument("--gen-len", type=_positive, default=64, help="new tokens per iteration (default 64)")
     b.add_argument("--iters", type=_positive, default=3, help="measured iterations (default 3)")

@@ -2,6 +2,7 @@
 
 Without mpirun the process is a singleton MPI world of one rank.
 """
+
 from __future__ import annotations
 
 import os

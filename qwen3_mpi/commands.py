@@ -1,4 +1,5 @@
 """The commands: set up on every rank (errors agreed on), then run the engine."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def _model_dir(args, comm: Comm) -> Path:
         _log(comm, f"no -m given: writing the demo checkpoint (Qwen3-0.6B shape, random weights) to {path} ...")
     # one writer per node (the cache may be node-local), everyone waits for it
     comm.agree(lambda: _demo(ensure_demo) if comm.local_rank == 0 else None)
-    _log(comm, f"no -m given: using {path}: Qwen3-0.6B architecture with RANDOM weights and a made-up "
-               "tokenizer, so the text is meaningless; the speeds are real")
+    _log(
+        comm,
+        f"no -m given: using {path}: Qwen3-0.6B architecture with RANDOM weights and a made-up "
+        "tokenizer, so the text is meaningless; the speeds are real",
+    )
     return path
 
 
@@ -61,8 +65,16 @@ def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: i
     t0 = comm.wtime()
     weights = comm.agree(lambda: load_shard(Checkpoint(model_dir), config, layout))
     attention = args.attention if isinstance(args.attention, str) else args.attention[0]
-    model = Model(config, layout, weights, comm, attention=attention, max_context=max_context,
-                  max_tokens=max_tokens, block=args.block_size)
+    model = Model(
+        config,
+        layout,
+        weights,
+        comm,
+        attention=attention,
+        max_context=max_context,
+        max_tokens=max_tokens,
+        block=args.block_size,
+    )
     model.warmup()
     load_s = comm.max(comm.wtime() - t0)
     return model, load_s
@@ -92,7 +104,8 @@ def _prepare_prompt(args, model_dir: Path, config: Qwen3Config):
             ids = tokenizer.encode(args.prompt)
         else:
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-                {"role": "user", "content": args.prompt}]
+                {"role": "user", "content": args.prompt}
+            ]
             ids = tokenizer.apply_chat_template(messages)
         if not ids:
             raise UserError("--prompt: the prompt is empty after tokenization")
@@ -116,11 +129,13 @@ def _sampling(args, defaults: dict) -> SamplingParams:
         repetition_penalty=float(pick(args.repetition_penalty, "repetition_penalty", 1.0) or 1.0),
         presence_penalty=args.presence_penalty,
     )
-    for name, value, ok in (("--temperature", params.temperature, params.temperature >= 0),
-                            ("--top-k", params.top_k, params.top_k >= 0),
-                            ("--top-p", params.top_p, 0 < params.top_p <= 1),
-                            ("--min-p", params.min_p, 0 <= params.min_p < 1),
-                            ("--repetition-penalty", params.repetition_penalty, params.repetition_penalty > 0)):
+    for name, value, ok in (
+        ("--temperature", params.temperature, params.temperature >= 0),
+        ("--top-k", params.top_k, params.top_k >= 0),
+        ("--top-p", params.top_p, 0 < params.top_p <= 1),
+        ("--min-p", params.min_p, 0 <= params.min_p < 1),
+        ("--repetition-penalty", params.repetition_penalty, params.repetition_penalty > 0),
+    ):
         if not ok:
             raise UserError(f"{name}: {value} is out of range")
     return params
@@ -204,11 +219,17 @@ def generate(args, comm: Comm) -> None:
         print(json.dumps(result))
         return
     print(flush=True)
-    _log(comm, f"{comm.size} rank(s) x {result['threads_per_rank']} thread(s), {args.attention} attention; "
-               f"load {load_s:.2f} s")
-    _log(comm, f"prefill {result['prefill_tokens']} tokens in {gen.prefill_s:.3f} s "
-               f"({result['prefill_tokens_per_s']:.1f} tokens/s); decode {gen.decode_steps} tokens in "
-               f"{gen.decode_s:.3f} s ({result['decode_tokens_per_s']:.1f} tokens/s); stop: {gen.stop_reason}")
+    _log(
+        comm,
+        f"{comm.size} rank(s) x {result['threads_per_rank']} thread(s), {args.attention} attention; "
+        f"load {load_s:.2f} s",
+    )
+    _log(
+        comm,
+        f"prefill {result['prefill_tokens']} tokens in {gen.prefill_s:.3f} s "
+        f"({result['prefill_tokens_per_s']:.1f} tokens/s); decode {gen.decode_steps} tokens in "
+        f"{gen.decode_s:.3f} s ({result['decode_tokens_per_s']:.1f} tokens/s); stop: {gen.stop_reason}",
+    )
     _log(comm, f"peak RSS per rank: {', '.join(f'{r:.0f}' for r in rss)} MB")
 
 
@@ -223,8 +244,10 @@ def _root_setup(args, model_dir: Path, config: Qwen3Config):
     if max_context > limit:
         raise UserError(f"--max-context {max_context} exceeds max_position_embeddings ({limit})")
     if len(ids) >= max_context:
-        raise UserError(f"the prompt has {len(ids)} tokens, leaving no room in a context of {max_context} "
-                        "(--max-context / max_position_embeddings)")
+        raise UserError(
+            f"the prompt has {len(ids)} tokens, leaving no room in a context of {max_context} "
+            "(--max-context / max_position_embeddings)"
+        )
     new_tokens = min(args.max_new_tokens, max_context - len(ids))
     return (ids, tokenizer, Sampler(params, seed), stop_ids, seed), (len(ids), max_context, new_tokens)
 

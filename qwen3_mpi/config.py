@@ -2,6 +2,7 @@
 
 Qwen3Config keeps Hugging Face names and global sizes. Per-rank sizes live only in ShardLayout.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,8 @@ class Qwen3Config:
         if model_type != "qwen3":
             raise UserError(
                 f"{source}: model_type {model_type!r} is not supported; qwen3_mpi runs dense Qwen3 "
-                "models (model_type 'qwen3') only" + (" (MoE models are not supported yet)" if model_type == "qwen3_moe" else "")
+                "models (model_type 'qwen3') only"
+                + (" (MoE models are not supported yet)" if model_type == "qwen3_moe" else "")
             )
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if not isinstance(raw.get(key), int) or raw[key] <= 0:
@@ -62,7 +64,9 @@ class Qwen3Config:
         heads = raw["num_attention_heads"]
         kv_heads = raw.get("num_key_value_heads") or heads
         if heads % kv_heads:
-            raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+            raise UserError(
+                f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            )
         head_dim = raw.get("head_dim") or raw["hidden_size"] // heads
         if head_dim % 2:
             raise UserError(f"{source}: head_dim {head_dim} must be even for RoPE")
@@ -147,10 +151,10 @@ class ShardLayout:
 
     rank: int
     size: int
-    heads: tuple[int, int]      # global query heads [start, stop)
-    kv_heads: tuple[int, int]   # global KV heads [start, stop)
-    ffn: tuple[int, int]        # intermediate columns [start, stop)
-    vocab: tuple[int, int]      # vocabulary rows [start, stop)
+    heads: tuple[int, int]  # global query heads [start, stop)
+    kv_heads: tuple[int, int]  # global KV heads [start, stop)
+    ffn: tuple[int, int]  # intermediate columns [start, stop)
+    vocab: tuple[int, int]  # vocabulary rows [start, stop)
 
     @classmethod
     def for_rank(cls, config: Qwen3Config, rank: int, size: int) -> "ShardLayout":

@@ -2,6 +2,7 @@
 built here (the real Qwen3 tokenizer cannot be shipped). Generated once into the user's cache directory;
 the same seed gives the same bytes on every node. Its text output is meaningless: the weights are random.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,8 @@ CHAT_TEMPLATE = (
 
 def cache_dir() -> Path:
     base = os.environ.get("QWEN3_MPI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qwen3_mpi")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qwen3_mpi"
+    )
     return Path(base)
 
 
@@ -89,19 +91,21 @@ def _tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (V, D)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (D,),
-            p + "post_attention_layernorm.weight": (D,),
-            p + "self_attn.q_proj.weight": (H * K, D),
-            p + "self_attn.k_proj.weight": (G * K, D),
-            p + "self_attn.v_proj.weight": (G * K, D),
-            p + "self_attn.o_proj.weight": (D, H * K),
-            p + "self_attn.q_norm.weight": (K,),
-            p + "self_attn.k_norm.weight": (K,),
-            p + "mlp.gate_proj.weight": (I, D),
-            p + "mlp.up_proj.weight": (I, D),
-            p + "mlp.down_proj.weight": (D, I),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (D,),
+                p + "post_attention_layernorm.weight": (D,),
+                p + "self_attn.q_proj.weight": (H * K, D),
+                p + "self_attn.k_proj.weight": (G * K, D),
+                p + "self_attn.v_proj.weight": (G * K, D),
+                p + "self_attn.o_proj.weight": (D, H * K),
+                p + "self_attn.q_norm.weight": (K,),
+                p + "self_attn.k_norm.weight": (K,),
+                p + "mlp.gate_proj.weight": (I, D),
+                p + "mlp.up_proj.weight": (I, D),
+                p + "mlp.down_proj.weight": (D, I),
+            }
+        )
     shapes["model.norm.weight"] = (D,)
     if not cfg.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (V, D)
@@ -141,7 +145,9 @@ def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte-level alphabet: each byte as a printable character."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, n = {}, 0
     for b in range(256):
         if b in keep:
@@ -183,7 +189,15 @@ def build_tokenizer_json(n_regular: int = 151643) -> dict:
             break
         words = longer
     added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for t, i in SPECIAL_TOKENS.items()
     ]
     return {
@@ -195,9 +209,18 @@ def build_tokenizer_json(n_regular: int = 151643) -> dict:
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
         "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": merges},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
+        },
     }
 
 

@@ -1,4 +1,5 @@
 """The generation loop. Every rank runs it; rank 0 decides (tokens, sampling, stops) and broadcasts."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,14 @@ class Engine:
             return np.concatenate(outputs, axis=0)
         return logits
 
-    def generate(self, prompt_ids: list[int] | None, max_new_tokens: int, sampler: Sampler | None,
-                 stop_ids: set[int], on_token=None) -> Generation | None:
+    def generate(
+        self,
+        prompt_ids: list[int] | None,
+        max_new_tokens: int,
+        sampler: Sampler | None,
+        stop_ids: set[int],
+        on_token=None,
+    ) -> Generation | None:
         """Prefill the prompt (rank 0's ids), then decode up to max_new_tokens. Rank 0 gets the Generation;
         on_token(gen) is called on rank 0 after each new token and may return a stop reason."""
         comm = self.comm

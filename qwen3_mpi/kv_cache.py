@@ -1,4 +1,5 @@
 """Preallocated per-rank K/V cache: float32 [layers, G, S, K] for this rank's KV heads."""
+
 import numpy as np
 
 

@@ -4,6 +4,7 @@ Shape suffixes (one letter per dimension): T tokens in this call, S cached posit
 H query heads on this rank, G KV heads on this rank, K head dim, F FFN width on this rank, V vocabulary
 rows on this rank, O output features of a fused projection, R ranks. `x_TD` is [T, D].
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,15 @@ from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
 from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
-from .kernels.attention import ATTENTION_KERNELS, attention_standard, heads_of_kv, streaming, streaming_scratch_size
+from .kernels.attention import (
+    ATTENTION_KERNELS,
+    BLOCKS_MIN_T,
+    attention_standard,
+    heads_of_kv,
+    streaming,
+    streaming_scratch_size,
+)
+from .kernels.linear import SMALL_T
 from .kv_cache import KVCache
 from .rope import rope_tables
 from .weights import Checkpoint, as_f32
@@ -28,16 +37,16 @@ class LayerWeights:
     post_attention_layernorm_D: np.ndarray
     q_norm_K: np.ndarray
     k_norm_K: np.ndarray
-    qkv_proj: Linear      # [q_proj; k_proj; v_proj] rows of this rank's heads: [(H + 2G) K, D]
-    o_proj: Linear        # columns of this rank's heads: [D, H K]
+    qkv_proj: Linear  # [q_proj; k_proj; v_proj] rows of this rank's heads: [(H + 2G) K, D]
+    o_proj: Linear  # columns of this rank's heads: [D, H K]
     gate_up_proj: Linear  # [gate_proj; up_proj] rows of this rank's FFN slice: [2F, D]
-    down_proj: Linear     # columns of this rank's FFN slice: [D, F]
+    down_proj: Linear  # columns of this rank's FFN slice: [D, F]
 
 
 @dataclass
 class ShardWeights:
     embed_VD: np.ndarray  # this rank's vocabulary rows of embed_tokens (raw dtype)
-    lm_head: Linear       # this rank's vocabulary rows of lm_head (the embedding when tied)
+    lm_head: Linear  # this rank's vocabulary rows of lm_head (the embedding when tied)
     norm_D: np.ndarray
     layers: list[LayerWeights]
 
@@ -79,16 +88,20 @@ def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> Sh
                 post_attention_layernorm_D=vec(p + "post_attention_layernorm.weight", D),
                 q_norm_K=vec(p + "self_attn.q_norm.weight", K),
                 k_norm_K=vec(p + "self_attn.k_norm.weight", K),
-                qkv_proj=_fused([
-                    ckpt.read(p + "self_attn.q_proj.weight", (Hq * K, D), rows=heads),
-                    ckpt.read(p + "self_attn.k_proj.weight", (Hkv * K, D), rows=kv),
-                    ckpt.read(p + "self_attn.v_proj.weight", (Hkv * K, D), rows=kv),
-                ]),
+                qkv_proj=_fused(
+                    [
+                        ckpt.read(p + "self_attn.q_proj.weight", (Hq * K, D), rows=heads),
+                        ckpt.read(p + "self_attn.k_proj.weight", (Hkv * K, D), rows=kv),
+                        ckpt.read(p + "self_attn.v_proj.weight", (Hkv * K, D), rows=kv),
+                    ]
+                ),
                 o_proj=_matrix(ckpt.read(p + "self_attn.o_proj.weight", (D, Hq * K), cols=heads)),
-                gate_up_proj=_fused([
-                    ckpt.read(p + "mlp.gate_proj.weight", (I, D), rows=layout.ffn),
-                    ckpt.read(p + "mlp.up_proj.weight", (I, D), rows=layout.ffn),
-                ]),
+                gate_up_proj=_fused(
+                    [
+                        ckpt.read(p + "mlp.gate_proj.weight", (I, D), rows=layout.ffn),
+                        ckpt.read(p + "mlp.up_proj.weight", (I, D), rows=layout.ffn),
+                    ]
+                ),
                 down_proj=_matrix(ckpt.read(p + "mlp.down_proj.weight", (D, I), cols=layout.ffn)),
             )
         )
@@ -103,15 +116,27 @@ def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> Sh
 class Model:
     """This rank's share of the model, its KV cache and every buffer the forward pass writes."""
 
-    def __init__(self, config: Qwen3Config, layout: ShardLayout, weights: ShardWeights, comm: Comm, *,
-                 attention: str, max_context: int, max_tokens: int, block: int = 256, qblock: int = 64):
+    def __init__(
+        self,
+        config: Qwen3Config,
+        layout: ShardLayout,
+        weights: ShardWeights,
+        comm: Comm,
+        *,
+        attention: str,
+        max_context: int,
+        max_tokens: int,
+        block: int = 256,
+        qblock: int = 64,
+    ):
         self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
         self.max_context, self.max_tokens = max_context, max_tokens
         self.block, self.qblock = block, qblock
         D, K, T = config.hidden_size, config.head_dim, max_tokens
         H, G, F = layout.n_heads, layout.n_kv_heads, layout.n_ffn
-        self.vocab_counts = [b - a for a, b in (ShardLayout.for_rank(config, r, layout.size).vocab
-                                                for r in range(layout.size))]
+        self.vocab_counts = [
+            b - a for a, b in (ShardLayout.for_rank(config, r, layout.size).vocab for r in range(layout.size))
+        ]
         self.last_T = 0
         self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
         self.heads_of_G = heads_of_kv(self.kv_of_H, layout.n_kv_heads)
@@ -119,15 +144,17 @@ class Model:
         self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
         self.scale = np.float32(K**-0.5)
         f32 = np.float32
-        self.x_TD = np.zeros((T, D), f32)        # the residual stream, identical on every rank
-        self.h_TD = np.zeros((T, D), f32)        # normed input of a block
-        self.part_TD = np.zeros((T, D), f32)     # this rank's partial sum of a block's output
+        self.x_TD = np.zeros((T, D), f32)  # the residual stream, identical on every rank
+        self.h_TD = np.zeros((T, D), f32)  # normed input of a block
+        self.part_TD = np.zeros((T, D), f32)  # this rank's partial sum of a block's output
         self.qkv_TO = np.zeros((T, (H + 2 * G) * K), f32)
         self.attn_TO = np.zeros((T, H * K), f32)
         self.gu_TO = np.zeros((T, 2 * F), f32)
         self.act_TF = np.zeros((T, F), f32)
         self.logits_1V = np.zeros((1, layout.n_vocab), f32)
-        linears = [weights.lm_head] + [m for l in weights.layers for m in (l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj)]
+        linears = [weights.lm_head] + [
+            m for l in weights.layers for m in (l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj)
+        ]
         self.scratch = np.zeros(max(m.scratch_size(T) for m in linears), f32)
         self.set_attention(attention)
 
@@ -165,8 +192,9 @@ class Model:
             # attention block: norm, q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
             rmsnorm(h, x, layer.input_layernorm_D, eps)
             layer.qkv_proj(qkv, h, self.scratch)
-            qk_norm_rope_cache(qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2,
-                               pos0, eps, k_cache, v_cache)
+            qk_norm_rope_cache(
+                qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache
+            )
             self._attention(attn, qkv, k_cache, v_cache, pos0)
             layer.o_proj(part, attn, self.scratch)
             # partial sums -> full hidden, added to the residual
@@ -195,9 +223,6 @@ class Model:
         """Compile (or load from numba's cache) every kernel path once: decode steps and, as far as the
         buffers allow, prefill steps of each size class. Writes cache positions that the real prefill
         overwrites."""
-        from .kernels.attention import BLOCKS_MIN_T
-        from .kernels.linear import SMALL_T
-
         for T in sorted({min(t, self.max_tokens, self.max_context) for t in (1, SMALL_T + 1, BLOCKS_MIN_T)}):
             self.forward(np.zeros(T, np.int64), 0)
 
@@ -205,8 +230,18 @@ class Model:
         if self.attention == "standard":
             attention_standard(out_TO, qkv_TO, self.kv_of_H, k_cache, v_cache, pos0, self.scale, self.attn_scratch)
         else:
-            streaming(out_TO, qkv_TO, self.heads_of_G, k_cache, v_cache, pos0, self.scale, self.attn_scratch,
-                      self.block, self.qblock)
+            streaming(
+                out_TO,
+                qkv_TO,
+                self.heads_of_G,
+                k_cache,
+                v_cache,
+                pos0,
+                self.scale,
+                self.attn_scratch,
+                self.block,
+                self.qblock,
+            )
 
     def hidden_digest(self) -> str:
         """A hash of the residual stream of the last call: equal on every rank when combine is exact."""

@@ -1,4 +1,5 @@
 """RoPE cos/sin tables, computed in float32 exactly as transformers does (default, linear, yarn)."""
+
 import math
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Next-token choice on rank 0: greedy at temperature 0, else penalties, temperature, top-k, top-p, min-p."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,11 +10,11 @@ import numpy as np
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0
-    top_k: int = 0              # 0: off
-    top_p: float = 1.0          # 1: off
-    min_p: float = 0.0          # 0: off
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # 1: off (transformers' rule: divide positive logits, multiply negative)
-    presence_penalty: float = 0.0    # 0: off (subtracted once from every token already generated)
+    presence_penalty: float = 0.0  # 0: off (subtracted once from every token already generated)
 
 
 class Sampler:

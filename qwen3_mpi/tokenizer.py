@@ -1,4 +1,5 @@
 """Text <-> ids with `tokenizers` and the model's own chat template, rendered in a jinja2 sandbox."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ class Tokenizer:
         from jinja2 import TemplateError
 
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **special, **kwargs)
+            return self._template.render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **special, **kwargs
+            )
         except TemplateError as e:  # includes the sandbox's SecurityError
             raise UserError(f"chat template failed: {type(e).__name__}: {e}") from None
 

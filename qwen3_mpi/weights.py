@@ -8,6 +8,7 @@ chunk of rows at a time.
 bf16 stays bf16 in memory as a uint16 array (the kernels convert on the fly); f32 stays f32; f16 is
 widened to f32 (numba has no fast f16 path).
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,9 @@ class Checkpoint:
             if len(found) == 1:
                 files = found
             else:
-                pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+                pickles = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(
+                    p.name for p in model_dir.glob("*.pt")
+                )
                 hint = f" (pickle checkpoints such as {pickles[0]} are never loaded)" if pickles else ""
                 raise UserError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
         self.tensors: dict[str, TensorInfo] = {}

@@ -1,4 +1,5 @@
 """Shared test fixtures: tiny random Qwen3 checkpoints written by transformers, and the reference outputs."""
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,53 @@ GREEDY_TOKENS = 32
 # name -> (Qwen3Config kwargs, storage dtype, max shard size for save_pretrained or None, config.json style)
 CHECKPOINTS = {
     # tied embeddings, GQA 2, head_dim 32 != 64/4, 3 layers, theta 1e4, bf16, transformers 4.5x config keys
-    "tied-gqa2-bf16": (dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=32, tie_word_embeddings=True, rope_theta=1e4),
-                       "bfloat16", None, "4.x"),
+    "tied-gqa2-bf16": (
+        dict(
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            tie_word_embeddings=True,
+            rope_theta=1e4,
+        ),
+        "bfloat16",
+        None,
+        "4.x",
+    ),
     # untied, GQA 1 (MHA), head_dim = hidden/heads, 2 layers, theta 1e6, f32
-    "untied-gqa1-f32": (dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=4, head_dim=16, tie_word_embeddings=False, rope_theta=1e6),
-                        "float32", None, "5.x"),
+    "untied-gqa1-f32": (
+        dict(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            tie_word_embeddings=False,
+            rope_theta=1e6,
+        ),
+        "float32",
+        None,
+        "5.x",
+    ),
     # untied, GQA 4, 5 layers (odd), theta 1e6, bf16, several files with an index
-    "gqa4-sharded-bf16": (dict(hidden_size=96, intermediate_size=200, num_hidden_layers=5, num_attention_heads=8,
-                               num_key_value_heads=2, head_dim=24, tie_word_embeddings=False, rope_theta=1e6),
-                          "bfloat16", "60KB", "5.x"),
+    "gqa4-sharded-bf16": (
+        dict(
+            hidden_size=96,
+            intermediate_size=200,
+            num_hidden_layers=5,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=24,
+            tie_word_embeddings=False,
+            rope_theta=1e6,
+        ),
+        "bfloat16",
+        "60KB",
+        "5.x",
+    ),
 }
 
 
@@ -48,8 +85,14 @@ def _write_checkpoint(directory: Path, kwargs: dict, dtype: str, shard: str | No
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=384, max_position_embeddings=256, initializer_range=0.25,
-                         eos_token_id=None, bos_token_id=None, **kwargs)
+    config = Qwen3Config(
+        vocab_size=384,
+        max_position_embeddings=256,
+        initializer_range=0.25,
+        eos_token_id=None,
+        bos_token_id=None,
+        **kwargs,
+    )
     model = Qwen3ForCausalLM(config)
     with torch.no_grad():  # random norm weights too, so every tensor is exercised
         for name, p in model.named_parameters():
@@ -79,9 +122,15 @@ def _reference(directory: Path) -> dict:
     ids = torch.tensor([PROMPT_IDS])
     with torch.no_grad():
         logits = model(ids).logits[0].numpy()
-        out = model.generate(ids, max_new_tokens=GREEDY_TOKENS, do_sample=False, eos_token_id=None,
-                             pad_token_id=0, min_new_tokens=GREEDY_TOKENS)
-    return {"logits": logits, "greedy": out[0, len(PROMPT_IDS):].tolist()}
+        out = model.generate(
+            ids,
+            max_new_tokens=GREEDY_TOKENS,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            min_new_tokens=GREEDY_TOKENS,
+        )
+    return {"logits": logits, "greedy": out[0, len(PROMPT_IDS) :].tolist()}
 
 
 @pytest.fixture(scope="session")

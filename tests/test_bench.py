@@ -1,4 +1,5 @@
 """The benchmarks run and report (on a tiny checkpoint; no timing is asserted)."""
+
 import json
 import os
 import subprocess
@@ -10,8 +11,24 @@ from conftest import ROOT, run_cli
 def test_bench_command_writes_json_lines(checkpoints, tmp_path):
     directory, _ = checkpoints["gqa4-sharded-bf16"]
     out = tmp_path / "results.jsonl"
-    proc = run_cli(["bench", "-m", str(directory), "--prompt-len", "11", "--gen-len", "4", "--iters", "2",
-                    "--warmup", "1", "-o", str(out)], ranks=3)
+    proc = run_cli(
+        [
+            "bench",
+            "-m",
+            str(directory),
+            "--prompt-len",
+            "11",
+            "--gen-len",
+            "4",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "-o",
+            str(out),
+        ],
+        ranks=3,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["attention"] for r in rows] == ["standard", "streaming"]
@@ -23,10 +40,19 @@ def test_bench_command_writes_json_lines(checkpoints, tmp_path):
 
 def test_run_mpi_benchmark_script_table_and_plots(checkpoints, tmp_path):
     directory, _ = checkpoints["untied-gqa1-f32"]
-    env = dict(os.environ, NUM_PROCS="1 2", MODEL=str(directory), PROMPT_LEN="6 12", GEN_LEN="3", ITERS="1",
-               ATTENTION="standard,streaming", OUT=str(tmp_path))
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run_mpi_benchmark.sh")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    env = dict(
+        os.environ,
+        NUM_PROCS="1 2",
+        MODEL=str(directory),
+        PROMPT_LEN="6 12",
+        GEN_LEN="3",
+        ITERS="1",
+        ATTENTION="standard,streaming",
+        OUT=str(tmp_path),
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_mpi_benchmark.sh")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 8  # 2 rank counts x 2 prompts x 2 kernels
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
@@ -37,9 +63,29 @@ def test_run_mpi_benchmark_script_table_and_plots(checkpoints, tmp_path):
 
 def test_attention_micro_benchmark(tmp_path):
     out = tmp_path / "attention.jsonl"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "attention.py"), "--heads", "4", "--kv-heads", "2",
-                           "--head-dim", "16", "--positions", "16", "300", "--queries", "1", "9", "-o", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "attention.py"),
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "16",
+            "--positions",
+            "16",
+            "300",
+            "--queries",
+            "1",
+            "9",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr  # the script also checks that both kernels agree
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 8
@@ -49,8 +95,12 @@ def test_attention_micro_benchmark(tmp_path):
 
 
 def test_combine_benchmark():
-    proc = subprocess.run(["mpirun", "-n", "2", sys.executable, str(ROOT / "bench" / "combine.py"), "--iters", "40"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["mpirun", "-n", "2", sys.executable, str(ROOT / "bench" / "combine.py"), "--iters", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {(r["method"], r["tokens"]) for r in rows} == {(m, t) for m in ("allgather", "allreduce") for t in (1, 128)}

@@ -1,4 +1,5 @@
 """Bad input: one clear message from rank 0, a non-zero exit, every rank ended, no hang."""
+
 import json
 import shutil
 
@@ -31,8 +32,9 @@ def test_missing_model_directory(tmp_path):
 
 
 def test_more_ranks_than_heads(f32_copy):
-    proc = run_cli(["logits", "-m", str(f32_copy), "--prompt-ids", "1,2", "-o", str(f32_copy / "x.npy")],
-                   ranks=5, timeout=TIMEOUT)
+    proc = run_cli(
+        ["logits", "-m", str(f32_copy), "--prompt-ids", "1,2", "-o", str(f32_copy / "x.npy")], ranks=5, timeout=TIMEOUT
+    )
     assert_clean_failure(proc, "5 ranks is more than num_attention_heads (4)")
     assert not (f32_copy / "x.npy").exists()
 
@@ -70,19 +72,34 @@ def test_text_prompt_without_tokenizer(f32_copy):
 
 
 def test_bad_flag_reported_once(f32_copy):
-    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1", "--attention", "fast"], ranks=2,
-                   timeout=TIMEOUT)
+    proc = run_cli(
+        ["generate", "-m", str(f32_copy), "--prompt-ids", "1", "--attention", "fast"], ranks=2, timeout=TIMEOUT
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("invalid choice: 'fast'") == 1, proc.stderr
 
 
 def test_prompt_ids_need_no_tokenizer(f32_copy):
-    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1,2,3", "-n", "4", "--json"], ranks=2,
-                   timeout=TIMEOUT)
+    proc = run_cli(
+        ["generate", "-m", str(f32_copy), "--prompt-ids", "1,2,3", "-n", "4", "--json"], ranks=2, timeout=TIMEOUT
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    for key in ("prompt_ids", "output_ids", "text", "ranks", "attention", "load_s", "prefill_tokens", "prefill_s",
-                "prefill_tokens_per_s", "decode_tokens", "decode_s", "decode_tokens_per_s", "peak_rss_mb"):
+    for key in (
+        "prompt_ids",
+        "output_ids",
+        "text",
+        "ranks",
+        "attention",
+        "load_s",
+        "prefill_tokens",
+        "prefill_s",
+        "prefill_tokens_per_s",
+        "decode_tokens",
+        "decode_s",
+        "decode_tokens_per_s",
+        "peak_rss_mb",
+    ):
         assert key in result
     assert result["prompt_ids"] == [1, 2, 3] and len(result["output_ids"]) == 4 and result["text"] is None
 
@@ -97,17 +114,41 @@ def test_a_dead_rank_ends_the_run(tmp_path):
 
     from qwen3_mpi import demo
 
-    config = dict(demo.QWEN3_0_6B, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16)
+    config = dict(
+        demo.QWEN3_0_6B,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     model = demo.ensure_demo(config, tmp_path / "model")  # long context: the generation outlives the kill
-    cmd = ["mpirun", "-n", "2", sys.executable, "-m", "qwen3_mpi", "generate", "-m", str(model),
-           "--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json"]
+    cmd = [
+        "mpirun",
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "qwen3_mpi",
+        "generate",
+        "-m",
+        str(model),
+        "--prompt-ids",
+        "1,2,3",
+        "-n",
+        "30000",
+        "--ignore-eos",
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         ranks = []
         while len(ranks) < 2 and time.time() < deadline:
-            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())]
+            ranks = [
+                p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())
+            ]
             time.sleep(0.2)
         assert len(ranks) == 2
         time.sleep(2)  # let them get going

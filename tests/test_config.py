@@ -1,4 +1,5 @@
 """config.json as transformers 4.5x and 5.x write it; other model types refused."""
+
 import json
 
 import pytest
@@ -21,8 +22,12 @@ def test_real_qwen3_configs():
 def test_transformers_5_style(tmp_path):
     raw = json.loads((CONFIGS_DIR / "Qwen3-0.6B" / "config.json").read_text())
     raw.pop("rope_theta"), raw.pop("rope_scaling"), raw.pop("torch_dtype")
-    raw["rope_parameters"] = {"rope_theta": 5e5, "rope_type": "yarn", "factor": 4.0,
-                              "original_max_position_embeddings": 32768}
+    raw["rope_parameters"] = {
+        "rope_theta": 5e5,
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 32768,
+    }
     raw["dtype"] = "float32"
     c = Qwen3Config.from_dict(raw)
     assert c.rope_theta == 5e5 and c.torch_dtype == "float32"

@@ -1,4 +1,5 @@
 """The demo checkpoint writer and tokenizer, at a small size: transformers loads what we write and agrees."""
+
 import json
 
 import numpy as np
@@ -7,8 +8,16 @@ import pytest
 from conftest import run_cli
 from qwen3_mpi import demo
 
-SMALL = dict(demo.QWEN3_0_6B, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, initializer_range=0.3)
+SMALL = dict(
+    demo.QWEN3_0_6B,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    initializer_range=0.3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +27,12 @@ def small_demo(tmp_path_factory):
 
 def test_written_atomically(small_demo):
     assert sorted(p.name for p in small_demo.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert [p.name for p in small_demo.parent.iterdir()] == ["demo"]  # no temporary directory left behind
 
 
@@ -48,18 +62,49 @@ def test_tokenizer_round_trip_and_chat(small_demo):
 
 
 def test_generate_from_text(small_demo):
-    proc = run_cli(["generate", "-m", str(small_demo), "-p", "Hello", "-n", "5", "--seed", "3", "--temperature", "0.8",
-                    "--json"], ranks=2)
+    proc = run_cli(
+        ["generate", "-m", str(small_demo), "-p", "Hello", "-n", "5", "--seed", "3", "--temperature", "0.8", "--json"],
+        ranks=2,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert len(result["output_ids"]) <= 5 and isinstance(result["text"], str)
-    again = json.loads(run_cli(["generate", "-m", str(small_demo), "-p", "Hello", "-n", "5", "--seed", "3",
-                                "--temperature", "0.8", "--json"], ranks=2).stdout)
+    again = json.loads(
+        run_cli(
+            [
+                "generate",
+                "-m",
+                str(small_demo),
+                "-p",
+                "Hello",
+                "-n",
+                "5",
+                "--seed",
+                "3",
+                "--temperature",
+                "0.8",
+                "--json",
+            ],
+            ranks=2,
+        ).stdout
+    )
     assert again["output_ids"] == result["output_ids"]  # same seed and ranks, same tokens
 
 
 def test_stop_text(small_demo):
-    base = ["generate", "-m", str(small_demo), "-p", "Hello", "-n", "12", "--temperature", "0", "--ignore-eos", "--json"]
+    base = [
+        "generate",
+        "-m",
+        str(small_demo),
+        "-p",
+        "Hello",
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+    ]
     full = json.loads(run_cli(base, ranks=1).stdout)
     words = full["text"].split()
     assert len(words) >= 3, full["text"]

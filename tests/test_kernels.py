@@ -1,10 +1,24 @@
 """Each kernel against a plain numpy reference."""
+
 import numba
 import numpy as np
 import pytest
 
-from qwen3_mpi.kernels import Linear, add_partials, attention_standard, attention_streaming, embed_rows, rmsnorm, silu_mul
-from qwen3_mpi.kernels.attention import attention_streaming_blocks, blocks_scratch_size, heads_of_kv, streaming_scratch_size
+from qwen3_mpi.kernels import (
+    Linear,
+    add_partials,
+    attention_standard,
+    attention_streaming,
+    embed_rows,
+    rmsnorm,
+    silu_mul,
+)
+from qwen3_mpi.kernels.attention import (
+    attention_streaming_blocks,
+    blocks_scratch_size,
+    heads_of_kv,
+    streaming_scratch_size,
+)
 from qwen3_mpi.kernels.blas import SGEMM
 from qwen3_mpi.kernels.linear import SMALL_T
 from qwen3_mpi.weights import bf16_to_f32
@@ -151,6 +165,17 @@ def test_streaming_blocks_matches_numpy(group, T, pos0, block, qblock):
     kv_of_H = np.arange(H, dtype=np.int64) // group
     out = np.zeros((T, H * K), np.float32)
     scratch = np.zeros((numba.get_num_threads(), blocks_scratch_size(block, qblock, K)), np.float32)
-    attention_streaming_blocks(out, np.ascontiguousarray(q.reshape(T, H * K)), heads_of_kv(kv_of_H, G), k, v, pos0,
-                               np.float32(K**-0.5), scratch, block, qblock, SGEMM)
+    attention_streaming_blocks(
+        out,
+        np.ascontiguousarray(q.reshape(T, H * K)),
+        heads_of_kv(kv_of_H, G),
+        k,
+        v,
+        pos0,
+        np.float32(K**-0.5),
+        scratch,
+        block,
+        qblock,
+        SGEMM,
+    )
     np.testing.assert_allclose(out.reshape(T, H, K), reference_attention(q, k, v, kv_of_H, pos0), atol=2e-5, rtol=1e-4)

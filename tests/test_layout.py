@@ -1,4 +1,5 @@
 """The sharding plan: every rank count from 1 to num_attention_heads covers everything exactly once."""
+
 import pytest
 
 from conftest import CONFIGS_DIR
@@ -14,8 +15,11 @@ def test_every_rank_count_partitions_heads_ffn_and_vocab(model):
     group = config.num_attention_heads // config.num_key_value_heads
     for size in range(1, config.num_attention_heads + 1):
         layouts = [ShardLayout.for_rank(config, r, size) for r in range(size)]
-        for attr, total in (("heads", config.num_attention_heads), ("ffn", config.intermediate_size),
-                            ("vocab", config.vocab_size)):
+        for attr, total in (
+            ("heads", config.num_attention_heads),
+            ("ffn", config.intermediate_size),
+            ("vocab", config.vocab_size),
+        ):
             ranges = [getattr(l, attr) for l in layouts]
             assert ranges[0][0] == 0 and ranges[-1][1] == total
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))

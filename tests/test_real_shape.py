@@ -32,8 +32,11 @@ def real_shape(tmp_path_factory):
 def test_real_shape_logits(real_shape, tmp_path, ranks):
     directory, ref = real_shape
     out = tmp_path / "logits.npy"
-    proc = run_cli(["logits", "-m", str(directory), "--prompt-ids", ",".join(map(str, PROMPT)), "-o", str(out)],
-                   ranks=ranks, timeout=600)
+    proc = run_cli(
+        ["logits", "-m", str(directory), "--prompt-ids", ",".join(map(str, PROMPT)), "-o", str(out)],
+        ranks=ranks,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     ours = np.load(out)
     assert ours.shape == (len(PROMPT), 151936)

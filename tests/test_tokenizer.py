@@ -1,4 +1,5 @@
 """Our ids equal transformers' for the real Qwen3 tokenizer, plain and chat-templated."""
+
 import pytest
 
 from conftest import TOKENIZER_DIR
@@ -17,8 +18,11 @@ TEXTS = [
 CONVERSATIONS = [
     [{"role": "user", "content": "What is MPI?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain RoPE in one line."}],
-    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-     {"role": "user", "content": "Tell me a joke about 🐍."}],
+    [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke about 🐍."},
+    ],
 ]
 
 
@@ -46,13 +50,15 @@ def test_chat_template_matches_transformers(tokenizers, messages, extra):
         expect = expect["input_ids"]
     assert ours.apply_chat_template(messages, **extra) == list(expect)
     assert ours.render_chat(messages, **extra) == hf.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False, **extra)
+        messages, add_generation_prompt=True, tokenize=False, **extra
+    )
 
 
 def test_template_runs_in_a_sandbox(tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((TOKENIZER_DIR / "tokenizer.json").read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(
-        '{"chat_template": "{{ messages.__class__.__mro__[1].__subclasses__() }}"}')
+        '{"chat_template": "{{ messages.__class__.__mro__[1].__subclasses__() }}"}'
+    )
     with pytest.raises(UserError, match="chat template failed: SecurityError"):
         Tokenizer(tmp_path).render_chat([{"role": "user", "content": "x"}])
 

@@ -1,5 +1,6 @@
 """The whole model against Hugging Face transformers (fp32 reference on the same safetensors), for
 1..4 ranks through mpirun: logits at every position and greedy generation."""
+
 import json
 
 import numpy as np
@@ -20,8 +21,24 @@ def test_logits_match_transformers(checkpoints, tmp_path, name, attention, ranks
     out = tmp_path / "logits.npy"
     # prefill chunks of 9 then 4 tokens: a forward call of many queries (streaming: sgemm tiles) and one
     # of few (streaming: the row kernel), both against the cache; KV blocks of 4 positions
-    proc = run_cli(["logits", "-m", str(directory), "--prompt-ids", ids_arg, "-o", str(out),
-                    "--attention", attention, "--prefill-chunk", "9", "--block-size", "4"], ranks=ranks)
+    proc = run_cli(
+        [
+            "logits",
+            "-m",
+            str(directory),
+            "--prompt-ids",
+            ids_arg,
+            "-o",
+            str(out),
+            "--attention",
+            attention,
+            "--prefill-chunk",
+            "9",
+            "--block-size",
+            "4",
+        ],
+        ranks=ranks,
+    )
     assert proc.returncode == 0, proc.stderr
     ours = np.load(out)
     assert ours.shape == ref["logits"].shape == (len(PROMPT_IDS), 384)
@@ -36,8 +53,24 @@ def test_logits_match_transformers(checkpoints, tmp_path, name, attention, ranks
 def test_greedy_generation_matches_transformers(checkpoints, name, ranks):
     directory, ref = checkpoints[name]
     for attention in ["streaming"] + (["standard"] if ranks in (1, 3) else []):
-        proc = run_cli(["generate", "-m", str(directory), "--prompt-ids", ids_arg, "-n", str(GREEDY_TOKENS),
-                        "--temperature", "0", "--ignore-eos", "--json", "--attention", attention], ranks=ranks)
+        proc = run_cli(
+            [
+                "generate",
+                "-m",
+                str(directory),
+                "--prompt-ids",
+                ids_arg,
+                "-n",
+                str(GREEDY_TOKENS),
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--json",
+                "--attention",
+                attention,
+            ],
+            ranks=ranks,
+        )
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert result["output_ids"] == ref["greedy"], attention
@@ -50,8 +83,9 @@ def test_combine_methods_agree(checkpoints, tmp_path, combine):
     that every rank ends with a bit-identical hidden state, and fails otherwise)."""
     directory, ref = checkpoints["gqa4-sharded-bf16"]
     out = tmp_path / "logits.npy"
-    proc = run_cli(["logits", "-m", str(directory), "--prompt-ids", ids_arg, "-o", str(out), "--combine", combine],
-                   ranks=3)
+    proc = run_cli(
+        ["logits", "-m", str(directory), "--prompt-ids", ids_arg, "-o", str(out), "--combine", combine], ranks=3
+    )
     assert proc.returncode == 0, proc.stderr
     assert float(np.abs(np.load(out) - ref["logits"]).max()) <= TOLERANCE
 

@@ -1,4 +1,5 @@
 """Slices read from safetensors equal the slices of the full tensors; bad checkpoints name file and tensor."""
+
 import json
 
 import ml_dtypes  # noqa: F401  (registers numpy's bfloat16 for safetensors.numpy)
@@ -24,8 +25,14 @@ def checkpoint(tmp_path, monkeypatch):
     }
     save_file({k: full[k] for k in ("a.bf16", "b.f16")}, str(tmp_path / "model-00001-of-00002.safetensors"))
     save_file({k: full[k] for k in ("c.f32", "d.vec")}, str(tmp_path / "model-00002-of-00002.safetensors"))
-    index = {"weight_map": {"a.bf16": "model-00001-of-00002.safetensors", "b.f16": "model-00001-of-00002.safetensors",
-                            "c.f32": "model-00002-of-00002.safetensors", "d.vec": "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "a.bf16": "model-00001-of-00002.safetensors",
+            "b.f16": "model-00001-of-00002.safetensors",
+            "c.f32": "model-00002-of-00002.safetensors",
+            "d.vec": "model-00002-of-00002.safetensors",
+        }
+    }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     return Checkpoint(tmp_path), full
 
@@ -52,7 +59,9 @@ def test_missing_tensor_names_it(checkpoint):
 
 def test_wrong_shape_names_file_and_tensor(checkpoint):
     ckpt, _ = checkpoint
-    with pytest.raises(UserError, match=r"model-00001-of-00002.safetensors: tensor a.bf16 has shape \[37, 29\], expected \[29, 37\]"):
+    with pytest.raises(
+        UserError, match=r"model-00001-of-00002.safetensors: tensor a.bf16 has shape \[37, 29\], expected \[29, 37\]"
+    ):
         ckpt.read("a.bf16", (29, 37))
 
 

@@ -10,6 +10,7 @@ streaming: online softmax over KV blocks of B positions for a block of up to QB 
            heads of one KV head (flash-attention style, each K/V block read once for the whole GQA
            group): scratch is threads x group x QB x (B + K + 2) floats, whatever S is.
 """
+
 import numpy as np
 from numba import get_thread_id, njit, prange
 
@@ -130,8 +131,9 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block,
-                               qblock, sgemm):
+def attention_streaming_blocks(
+    out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, sgemm
+):
     """attention_streaming for many queries (prefill): the same online softmax, with the two products
     of a (query block x KV block) tile, scores = Q K^T and acc += P V, done by sgemm from this thread.
     A task is one query head and one block of queries; scratch per thread: qblock x (block + K + 2)."""
@@ -162,8 +164,22 @@ def attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_
         for s0 in range(0, end, block):
             n = min(end, s0 + block) - s0
             # sc[:nq, :n] = scale * Q K^T
-            sgemm(ROW_MAJOR, NO_TRANS, TRANS, nq, n, K, scale, q_ptr, O, k_cache_GSK[g, s0:].ctypes.data, K,
-                  np.float32(0.0), sc.ctypes.data, block)
+            sgemm(
+                ROW_MAJOR,
+                NO_TRANS,
+                TRANS,
+                nq,
+                n,
+                K,
+                scale,
+                q_ptr,
+                O,
+                k_cache_GSK[g, s0:].ctypes.data,
+                K,
+                np.float32(0.0),
+                sc.ctypes.data,
+                block,
+            )
             for j in range(nq):
                 visible = min(n, pos0 + t0 + j + 1 - s0)  # causal limit of query t0 + j in this block
                 row = sc[j]
@@ -186,8 +202,22 @@ def attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_
                 for i in range(K):
                     acc[j, i] *= corr
             # acc[:nq] += P V
-            sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, nq, K, n, np.float32(1.0), sc.ctypes.data, block,
-                  v_cache_GSK[g, s0:].ctypes.data, K, np.float32(1.0), acc.ctypes.data, K)
+            sgemm(
+                ROW_MAJOR,
+                NO_TRANS,
+                NO_TRANS,
+                nq,
+                K,
+                n,
+                np.float32(1.0),
+                sc.ctypes.data,
+                block,
+                v_cache_GSK[g, s0:].ctypes.data,
+                K,
+                np.float32(1.0),
+                acc.ctypes.data,
+                K,
+            )
         for j in range(nq):
             inv = np.float32(1.0) / l[j]
             for i in range(K):
@@ -200,11 +230,11 @@ ATTENTION_KERNELS = ("standard", "streaming")
 def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
     """Streaming attention: tiles multiplied by sgemm for many queries, the row kernel for few."""
     if out_TO.shape[0] >= BLOCKS_MIN_T and SGEMM is not None:
-        attention_streaming_blocks(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch,
-                                   block, qblock, SGEMM)
+        attention_streaming_blocks(
+            out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, SGEMM
+        )
     else:
-        attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block,
-                            qblock)
+        attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock)
 
 
 def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int) -> int:

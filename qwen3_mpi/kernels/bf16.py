@@ -1,4 +1,5 @@
 """bf16 -> float32 inside numba: the bf16 bits shifted into the top half of a float32 are its exact value."""
+
 import numpy as np
 from llvmlite import ir
 from numba import types

@@ -4,6 +4,7 @@ Calling it from inside a numba prange (with OpenBLAS itself single-threaded) kee
 instead of two: numba's OpenMP threads and OpenBLAS's own threads spin-wait for work and, sharing the
 same cores, slow each other down badly. Returns None where numpy's BLAS is not OpenBLAS.
 """
+
 import ctypes
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -26,9 +27,23 @@ def find_sgemm():
         lib = ctypes.CDLL(info["filepath"])
         for symbol, blasint in _CANDIDATES:
             if hasattr(lib, symbol):
-                proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, blasint, blasint, blasint,
-                                         ctypes.c_float, ctypes.c_void_p, blasint, ctypes.c_void_p, blasint,
-                                         ctypes.c_float, ctypes.c_void_p, blasint)
+                proto = ctypes.CFUNCTYPE(
+                    None,
+                    ctypes.c_int,
+                    ctypes.c_int,
+                    ctypes.c_int,
+                    blasint,
+                    blasint,
+                    blasint,
+                    ctypes.c_float,
+                    ctypes.c_void_p,
+                    blasint,
+                    ctypes.c_void_p,
+                    blasint,
+                    ctypes.c_float,
+                    ctypes.c_void_p,
+                    blasint,
+                )
                 return proto((symbol, lib))
     return None
 

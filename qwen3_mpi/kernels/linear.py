@@ -5,6 +5,7 @@ read per token equal the stored size (memory bound). Many rows (prefill): numba 
 of W rows, widen a tile to float32 in their own scratch (L2-resident) and multiply it with OpenBLAS
 sgemm called from that thread (compute bound).
 """
+
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
@@ -12,8 +13,8 @@ from numba.extending import overload
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .bf16 import to_f32
 
-SMALL_T = 4       # at most this many rows of x: matvec; more: tiles + sgemm
-TILE_ROWS = 128   # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
+SMALL_T = 4  # at most this many rows of x: matvec; more: tiles + sgemm
+TILE_ROWS = 128  # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -82,8 +83,22 @@ def matmul_tiles(y_TO, x_TI, w_OI, scratch_PRI, sgemm):
         tile = scratch_PRI[get_thread_id()]
         w_ptr = _tile_pointer(w_OI, o0, n, tile)
         # y[:, o0:o0+n] = x @ tile[:n].T, written in place (leading dimension O)
-        sgemm(ROW_MAJOR, NO_TRANS, TRANS, T, n, I, np.float32(1.0), x_TI.ctypes.data, I, w_ptr, I,
-              np.float32(0.0), y_TO[:, o0:].ctypes.data, O)
+        sgemm(
+            ROW_MAJOR,
+            NO_TRANS,
+            TRANS,
+            T,
+            n,
+            I,
+            np.float32(1.0),
+            x_TI.ctypes.data,
+            I,
+            w_ptr,
+            I,
+            np.float32(0.0),
+            y_TO[:, o0:].ctypes.data,
+            O,
+        )
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -1,4 +1,5 @@
 """Elementwise and per-row kernels of a Qwen3 layer."""
+
 import math
 
 import numpy as np
