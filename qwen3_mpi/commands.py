@@ -253,7 +253,7 @@ def _root_setup(args, model_dir: Path, config: Qwen3Config):
 
 
 def logits(args, comm: Comm) -> None:
-    model_dir = Path(args.model)
+    model_dir = _model_dir(args, comm)
     config = comm.agree(Qwen3Config.from_hf, model_dir)
     out = Path(args.output)
     comm.agree(lambda: _check_logits_args(args, config, out) if comm.is_root else None)
