@@ -158,3 +158,14 @@ def test_a_dead_rank_ends_the_run(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("ranks,flag", [(1, None), (2, None), (2, "1")])
+def test_threads_default_to_node_cores_over_local_ranks(f32_copy, ranks, flag):
+    import os
+
+    args = ["generate", "-m", str(f32_copy), "--prompt-ids", "1,2", "-n", "2", "--json"]
+    proc = run_cli(args + (["--threads", flag] if flag else []), ranks=ranks, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    expect = int(flag) if flag else max(1, len(os.sched_getaffinity(0)) // ranks)
+    assert json.loads(proc.stdout)["threads_per_rank"] == expect
