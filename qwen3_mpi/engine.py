@@ -27,7 +27,7 @@ class Engine:
 
     def _broadcast_ids(self, ids: list[int] | None) -> np.ndarray:
         n = self.comm.bcast_ints(np.array([len(ids) if ids is not None else 0], np.int64))[0]
-        buf = np.array(ids if self.comm.is_root else np.zeros(n), dtype=np.int64)
+        buf = np.array(ids, dtype=np.int64) if self.comm.is_root else np.empty(n, dtype=np.int64)
         return self.comm.bcast_ints(buf)
 
     def prefill(self, ids_T: np.ndarray, all_logits: bool = False):
