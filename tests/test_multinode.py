@@ -12,7 +12,7 @@ import pytest
 
 from conftest import GREEDY_TOKENS, PROMPT_IDS, ROOT
 
-SUBNET = "10.77.{}".format(os.getpid() % 200 + 20)
+SUBNET = f"10.77.{os.getpid() % 200 + 20}"
 LAUNCHER = """#!/bin/sh
 # called like ssh: [options] host command; host {subnet}.N runs in network namespace {prefix}N
 while [ "${{1#-}}" != "$1" ]; do shift; done
@@ -32,23 +32,23 @@ def two_hosts(tmp_path_factory):
     prefix = f"q3{os.getpid() % 100000}n"
     bridge = f"q3{os.getpid() % 100000}br"
     try:
-        sh("ip", "link", "add", bridge, "type", "bridge")
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"cannot create network devices here: {e.stderr.decode().strip()}")
-    try:
-        sh("ip", "addr", "add", f"{SUBNET}.254/24", "dev", bridge)
-        sh("ip", "link", "set", bridge, "up")
-        for i in (1, 2):
-            ns, inside, outside = f"{prefix}{i}", f"{prefix}v{i}", f"{prefix}b{i}"
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
-            sh("ip", "link", "set", inside, "netns", ns)
-            sh("ip", "link", "set", outside, "master", bridge)
-            sh("ip", "link", "set", outside, "up")
-            sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", inside)
-            sh("ip", "-n", ns, "link", "set", inside, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "route", "add", "default", "via", f"{SUBNET}.254")
+        try:
+            sh("ip", "link", "add", bridge, "type", "bridge")
+            sh("ip", "addr", "add", f"{SUBNET}.254/24", "dev", bridge)
+            sh("ip", "link", "set", bridge, "up")
+            for i in (1, 2):
+                ns, inside, outside = f"{prefix}{i}", f"{prefix}v{i}", f"{prefix}b{i}"
+                sh("ip", "netns", "add", ns)
+                sh("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
+                sh("ip", "link", "set", inside, "netns", ns)
+                sh("ip", "link", "set", outside, "master", bridge)
+                sh("ip", "link", "set", outside, "up")
+                sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", inside)
+                sh("ip", "-n", ns, "link", "set", inside, "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+                sh("ip", "-n", ns, "route", "add", "default", "via", f"{SUBNET}.254")
+        except subprocess.CalledProcessError as e:
+            pytest.skip(f"cannot build the two hosts here ({' '.join(e.cmd)}): {e.stderr.decode().strip()}")
         launcher = tmp_path_factory.mktemp("launcher") / "netns-launch"
         launcher.write_text(LAUNCHER.format(subnet=SUBNET, prefix=prefix))
         launcher.chmod(0o755)
