@@ -169,9 +169,11 @@ def main(argv=None) -> int:
 def _set_threads(comm: Comm, threads: int | None) -> int:
     """Threads for numba and BLAS: --threads, else this node's cores shared among the ranks on it."""
     if threads is None:
-        available = len(os.sched_getaffinity(0))
-        bound = available < (os.cpu_count() or available)  # the launcher pinned us: use what we got
-        threads = available if bound else max(1, available // comm.local_size)
+        # the CPUs this rank may run on, shared with every rank on the node whose CPUs overlap them (all of
+        # them unless the launcher pinned ranks to separate cores)
+        mine = set(os.sched_getaffinity(0))
+        sharing = sum(1 for cpus in comm.node.allgather(mine) if cpus & mine)
+        threads = max(1, len(mine) // sharing)
     import numba
     from threadpoolctl import threadpool_limits
 
