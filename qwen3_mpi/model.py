@@ -58,11 +58,21 @@ class ShardWeights:
         return n
 
 
-def _fused(parts: list[np.ndarray]) -> Linear:
-    """Row-concatenate projections; stays bf16 when every part is bf16, else float32."""
-    if any(p.dtype != np.uint16 for p in parts):
-        parts = [as_f32(p) for p in parts]
-    return Linear(np.ascontiguousarray(np.concatenate(parts, axis=0)))
+def _fused(ckpt: Checkpoint, parts: list[tuple[str, tuple[int, int], tuple[int, int]]], cols: int) -> Linear:
+    """The row slices (name, shape, rows) of several projections stacked into one matrix, read straight
+    into it; it stays bf16 when every part is bf16, else float32."""
+    dtypes = [ckpt.raw_dtype(name, shape) for name, shape, _ in parts]
+    dtype = np.uint16 if all(d == np.uint16 for d in dtypes) else np.float32
+    w_OI = np.empty((sum(r1 - r0 for _, _, (r0, r1) in parts), cols), dtype)
+    start = 0
+    for (name, shape, (r0, r1)), part_dtype in zip(parts, dtypes):
+        rows = w_OI[start : start + r1 - r0]
+        if part_dtype == dtype and ckpt.tensors[name].dtype != "F16":
+            ckpt.read(name, shape, rows=(r0, r1), out=rows)
+        else:
+            rows[:] = as_f32(ckpt.read(name, shape, rows=(r0, r1)))
+        start += r1 - r0
+    return Linear(w_OI)
 
 
 def _matrix(raw: np.ndarray) -> Linear:
@@ -89,18 +99,19 @@ def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> Sh
                 q_norm_K=vec(p + "self_attn.q_norm.weight", K),
                 k_norm_K=vec(p + "self_attn.k_norm.weight", K),
                 qkv_proj=_fused(
+                    ckpt,
                     [
-                        ckpt.read(p + "self_attn.q_proj.weight", (Hq * K, D), rows=heads),
-                        ckpt.read(p + "self_attn.k_proj.weight", (Hkv * K, D), rows=kv),
-                        ckpt.read(p + "self_attn.v_proj.weight", (Hkv * K, D), rows=kv),
-                    ]
+                        (p + "self_attn.q_proj.weight", (Hq * K, D), heads),
+                        (p + "self_attn.k_proj.weight", (Hkv * K, D), kv),
+                        (p + "self_attn.v_proj.weight", (Hkv * K, D), kv),
+                    ],
+                    D,
                 ),
                 o_proj=_matrix(ckpt.read(p + "self_attn.o_proj.weight", (D, Hq * K), cols=heads)),
                 gate_up_proj=_fused(
-                    [
-                        ckpt.read(p + "mlp.gate_proj.weight", (I, D), rows=layout.ffn),
-                        ckpt.read(p + "mlp.up_proj.weight", (I, D), rows=layout.ffn),
-                    ]
+                    ckpt,
+                    [(p + "mlp.gate_proj.weight", (I, D), layout.ffn), (p + "mlp.up_proj.weight", (I, D), layout.ffn)],
+                    D,
                 ),
                 down_proj=_matrix(ckpt.read(p + "mlp.down_proj.weight", (D, I), cols=layout.ffn)),
             )
@@ -153,7 +164,7 @@ class Model:
         self.act_TF = np.zeros((T, F), f32)
         self.logits_1V = np.zeros((1, layout.n_vocab), f32)
         linears = [weights.lm_head] + [
-            m for l in weights.layers for m in (l.qkv_proj, l.o_proj, l.gate_up_proj, l.down_proj)
+            m for layer in weights.layers for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
         ]
         self.scratch = np.zeros(max(m.scratch_size(T) for m in linears), f32)
         self.set_attention(attention)

@@ -100,11 +100,14 @@ class Checkpoint:
             raise UserError(f"{t.file}: tensor {name} has dtype {t.dtype}; supported: BF16, F16, F32")
         return t
 
-    def dtype(self, name: str) -> str:
-        return self.tensors[name].dtype
+    def raw_dtype(self, name: str, shape: tuple[int, ...]) -> np.dtype:
+        """The in-memory dtype read() returns for this tensor (checking its presence and shape)."""
+        dtype = self.info(name, shape).dtype
+        return np.dtype(np.float32) if dtype == "F16" else _RAW_DTYPES[dtype]
 
-    def read(self, name: str, shape: tuple[int, ...], rows=None, cols=None) -> np.ndarray:
-        """The [rows, cols] slice of a 1-D or 2-D tensor, raw: uint16 for BF16, else float32."""
+    def read(self, name: str, shape: tuple[int, ...], rows=None, cols=None, out=None) -> np.ndarray:
+        """The [rows, cols] slice of a 1-D or 2-D tensor, raw: uint16 for BF16, else float32. With `out`
+        (C-contiguous, the slice's shape and raw dtype; not for F16) the bytes are read straight into it."""
         t = self.info(name, shape)
         raw = _RAW_DTYPES[t.dtype]
         if len(shape) == 1:
@@ -113,7 +116,9 @@ class Checkpoint:
         n_rows, n_cols = shape
         r0, r1 = rows or (0, n_rows)
         c0, c1 = cols or (0, n_cols)
-        out = np.empty((r1 - r0, c1 - c0), dtype=raw)
+        if out is None:
+            out = np.empty((r1 - r0, c1 - c0), dtype=raw)
+        assert out.shape == (r1 - r0, c1 - c0) and out.dtype == raw and out.flags.c_contiguous
         row_bytes = n_cols * raw.itemsize
         fd = os.open(t.file, os.O_RDONLY)
         try:

@@ -1,6 +1,7 @@
 """Ranks on two hosts: two Linux network namespaces joined by a bridge, so that MPI sees two nodes and
 talks TCP between them (no shared memory), launched through hydra's ssh-style launcher. Needs root and
 iproute2; skipped otherwise, with the reason."""
+
 import json
 import os
 import shutil
@@ -74,8 +75,23 @@ def test_two_hosts_match_transformers(two_hosts, checkpoints, tmp_path, per_host
     proc = run(two_hosts, per_host, ["logits", "-m", str(directory), "--prompt-ids", ids, "-o", str(out)])
     assert proc.returncode == 0, proc.stderr
     assert np.abs(np.load(out) - ref["logits"]).max() <= 1e-3
-    proc = run(two_hosts, per_host, ["generate", "-m", str(directory), "--prompt-ids", ids, "-n",
-                                     str(GREEDY_TOKENS), "--temperature", "0", "--ignore-eos", "--json"])
+    proc = run(
+        two_hosts,
+        per_host,
+        [
+            "generate",
+            "-m",
+            str(directory),
+            "--prompt-ids",
+            ids,
+            "-n",
+            str(GREEDY_TOKENS),
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ],
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["output_ids"] == ref["greedy"] and result["ranks"] == 2 * per_host
