@@ -10,10 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from qwen3_mpi.demo import QWEN3_0_6B
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TOKENIZER_DIR = SHARED / "qwen3" / "tokenizer"
 CONFIGS_DIR = SHARED / "qwen3" / "configs"
+
+# the demo checkpoint's writer at a small size (Qwen3-0.6B's config otherwise, long context)
+SMALL_DEMO_CONFIG = dict(
+    QWEN3_0_6B,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    initializer_range=0.3,
+)
 
 PROMPT_IDS = [3, 17, 101, 7, 250, 42, 42, 9, 311, 64, 5, 199, 77]
 GREEDY_TOKENS = 32

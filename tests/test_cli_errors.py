@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import CONFIGS_DIR, run_cli
+from conftest import CONFIGS_DIR, SMALL_DEMO_CONFIG, run_cli
 
 TIMEOUT = 120
 
@@ -114,16 +114,7 @@ def test_a_dead_rank_ends_the_run(tmp_path):
 
     from qwen3_mpi import demo
 
-    config = dict(
-        demo.QWEN3_0_6B,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
-    model = demo.ensure_demo(config, tmp_path / "model")  # long context: the generation outlives the kill
+    model = demo.ensure_demo(SMALL_DEMO_CONFIG, tmp_path / "model")  # long context: the generation outlives the kill
     cmd = [
         "mpirun",
         "-n",

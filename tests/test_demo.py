@@ -5,24 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import SMALL_DEMO_CONFIG, run_cli
 from qwen3_mpi import demo
-
-SMALL = dict(
-    demo.QWEN3_0_6B,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    initializer_range=0.3,
-)
 
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
-    return demo.ensure_demo(SMALL, tmp_path_factory.mktemp("cache") / "demo")
+    return demo.ensure_demo(SMALL_DEMO_CONFIG, tmp_path_factory.mktemp("cache") / "demo")
 
 
 def test_written_atomically(small_demo):
@@ -62,32 +51,25 @@ def test_tokenizer_round_trip_and_chat(small_demo):
 
 
 def test_generate_from_text(small_demo):
-    proc = run_cli(
-        ["generate", "-m", str(small_demo), "-p", "Hello", "-n", "5", "--seed", "3", "--temperature", "0.8", "--json"],
-        ranks=2,
-    )
+    args = [
+        "generate",
+        "-m",
+        str(small_demo),
+        "-p",
+        "Hello",
+        "-n",
+        "5",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.8",
+        "--json",
+    ]
+    proc = run_cli(args, ranks=2)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert len(result["output_ids"]) <= 5 and isinstance(result["text"], str)
-    again = json.loads(
-        run_cli(
-            [
-                "generate",
-                "-m",
-                str(small_demo),
-                "-p",
-                "Hello",
-                "-n",
-                "5",
-                "--seed",
-                "3",
-                "--temperature",
-                "0.8",
-                "--json",
-            ],
-            ranks=2,
-        ).stdout
-    )
+    again = json.loads(run_cli(args, ranks=2).stdout)
     assert again["output_ids"] == result["output_ids"]  # same seed and ranks, same tokens
 
 

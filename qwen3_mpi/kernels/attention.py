@@ -56,6 +56,20 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
                 o[i] += w * v[i]
 
 
+@njit(cache=True, inline="always")
+def _softmax_state(ws, rows, block, K):
+    """Online-softmax state of `rows` rows carved from one thread's scratch (rows * (block + K + 2)
+    floats): scores of the current KV block, unnormalized output (0), running max (-inf), denominator (0)."""
+    sc = ws[: rows * block].reshape(rows, block)
+    acc = ws[rows * block : rows * (block + K)].reshape(rows, K)
+    m = ws[rows * (block + K) : rows * (block + K + 1)]
+    l = ws[rows * (block + K + 1) : rows * (block + K + 2)]
+    acc[:] = 0.0
+    m[:] = -np.inf
+    l[:] = 0.0
+    return sc, acc, m, l
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
     """Same result as attention_standard, by online softmax. A task is one KV head g with all its query
@@ -74,14 +88,7 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
         t1 = min(T, t0 + qblock)
         nq = t1 - t0
         R = (heads_of_G[g + 1] - h0) * nq  # rows: (head, query) pairs
-        ws = scratch[get_thread_id()]
-        sc = ws[: R * block].reshape(R, block)  # scores of this KV block
-        acc = ws[R * block : R * (block + K)].reshape(R, K)
-        m = ws[R * (block + K) : R * (block + K + 1)]
-        l = ws[R * (block + K + 1) : R * (block + K + 2)]
-        acc[:] = 0.0
-        m[:] = -np.inf
-        l[:] = 0.0
+        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
         end = pos0 + t1  # positions visible to the last query of the block
         for s0 in range(0, end, block):
             s1 = min(end, s0 + block)
@@ -151,14 +158,7 @@ def attention_streaming_blocks(
             g += 1
         t0 = qb * qblock
         nq = min(T, t0 + qblock) - t0
-        ws = scratch[get_thread_id()]
-        sc = ws[: qblock * block].reshape(qblock, block)
-        acc = ws[qblock * block : qblock * (block + K)].reshape(qblock, K)
-        m = ws[qblock * (block + K) : qblock * (block + K + 1)]
-        l = ws[qblock * (block + K + 1) : qblock * (block + K + 2)]
-        acc[:] = 0.0
-        m[:] = -np.inf
-        l[:] = 0.0
+        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], qblock, block, K)
         q_ptr = qkv_TO[t0:, h * K :].ctypes.data
         end = pos0 + t0 + nq
         for s0 in range(0, end, block):
@@ -239,7 +239,7 @@ def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale,
 
 def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int) -> int:
     """Floats of per-thread scratch for `streaming` with at most `group` query heads per KV head."""
-    return max(group * qblock * (block + head_dim + 2), blocks_scratch_size(block, qblock, head_dim))
+    return group * blocks_scratch_size(block, qblock, head_dim)  # the row kernel's rows: group x qblock
 
 
 def blocks_scratch_size(block: int, qblock: int, head_dim: int) -> int:
