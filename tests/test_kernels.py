@@ -1,6 +1,7 @@
 """Each kernel against a plain numpy reference."""
 
 import numba
+from numba import njit
 import numpy as np
 import pytest
 
@@ -19,7 +20,9 @@ from qwen3_mpi.kernels.attention import (
     heads_of_kv,
     streaming_scratch_size,
 )
+from qwen3_mpi.kernels import amx
 from qwen3_mpi.kernels.blas import SGEMM
+from qwen3_mpi.kernels.exp import exp32
 from qwen3_mpi.kernels.linear import SMALL_T
 from qwen3_mpi.weights import bf16_to_f32
 
@@ -98,17 +101,21 @@ def to_bf16_bits(a):
     return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+LINEAR_PATHS = ["bf16-amx", "bf16-sgemm", "f32"]  # bf16-amx where the CPU has AMX, else as bf16-sgemm
+
+
+@pytest.mark.parametrize("path", LINEAR_PATHS)
 @pytest.mark.parametrize("T", [1, 2, SMALL_T, SMALL_T + 1, 37])
 @pytest.mark.parametrize("O", [1, 3, 1000, 1001, 1002, 1003])
-def test_linear_matches_numpy(dtype, T, O):
-    I = 72
+def test_linear_matches_numpy(path, T, O):
+    I = 72  # two whole AMX steps of 32 and a partial one
     w = rng.standard_normal((O, I), dtype=np.float32)
-    if dtype == "bf16":
+    if path != "f32":
         w = to_bf16_bits(w)
-    w32 = bf16_to_f32(w) if dtype == "bf16" else w
+    w32 = bf16_to_f32(w) if path != "f32" else w
     x = rng.standard_normal((T, I), dtype=np.float32)
     lin = Linear(w)  # 1000 rows: several tiles, the last one partial
+    lin.amx = lin.amx and path == "bf16-amx"
     y = np.zeros((T, O), np.float32)
     lin(y, x, np.zeros(lin.scratch_size(T), np.float32))
     np.testing.assert_allclose(y, x.astype(np.float64) @ w32.T.astype(np.float64), atol=1e-4, rtol=1e-4)
@@ -179,3 +186,51 @@ def test_streaming_blocks_matches_numpy(group, T, pos0, block, qblock):
         SGEMM,
     )
     np.testing.assert_allclose(out.reshape(T, H, K), reference_attention(q, k, v, kv_of_H, pos0), atol=2e-5, rtol=1e-4)
+
+
+def test_exp32_is_within_a_few_ulp_of_exp():
+    @njit
+    def apply(out, x):
+        for i in range(x.size):
+            out[i] = exp32(x[i])
+
+    x = np.concatenate([np.linspace(-87, 88, 1_000_001, dtype=np.float32), rng.standard_normal(10_000, np.float32)])
+    out = np.empty_like(x)
+    apply(out, x)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(out - ref) / ref) < 4 * np.finfo(np.float32).eps
+    edges = np.array([-np.inf, -1e4, 0.0, 1e4], np.float32)
+    out = np.empty_like(edges)
+    apply(out, edges)
+    assert out[0] < 1e-37 and out[1] < 1e-37 and out[2] == 1.0 and np.isfinite(out[3])
+
+
+def test_bf16_parts_sum_to_x_exactly():
+    x = (rng.standard_normal(4096, np.float32) * np.float32(10.0) ** rng.integers(-30, 30, 4096)).astype(np.float32)
+    x[:3] = [0.0, -0.0, 1.0]
+    T, I = 1, x.size
+    xv = np.zeros((amx.PARTS, I // 2, 32, 2), np.uint16)
+    amx.split_bf16(xv, x.reshape(T, I), 0, 0, np.zeros((amx.PARTS, 32, I), np.uint16))
+    parts = bf16_to_f32(xv[:, :, 0, :].reshape(amx.PARTS, I)).astype(np.float64)
+    assert np.array_equal(parts.sum(axis=0), x.astype(np.float64))
+    assert not xv[:, :, 1:, :].any()  # tokens past T are zeros
+
+
+@pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
+@pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
+def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
+    """Every path through the tile kernel: partial row blocks, a column tail, several slabs of I, several
+    chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
+    carry all 24 bits; bf16 x alone would be ~1000x worse)."""
+    local = np.random.default_rng(I)  # fixed data: the bound holds with margin (measured ratio 0.5-1.5)
+    w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
+    w32 = bf16_to_f32(w)
+    x = local.standard_normal((T, I), dtype=np.float32)
+    exact = x.astype(np.float64) @ w32.T.astype(np.float64)
+    y = np.full((T, O), np.nan, np.float32)
+    threads = numba.get_num_threads()
+    amx.matmul(y, x, w, np.zeros(amx.scratch_floats(I, T, threads), np.float32), threads)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
+    sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
+    amx_error = np.max(np.abs(y - exact) / scale)
+    assert amx_error <= 2 * sgemm_error, (amx_error, sgemm_error)

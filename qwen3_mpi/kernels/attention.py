@@ -15,6 +15,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
+from .exp import exp32
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
 
@@ -44,7 +45,7 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
             m = max(m, acc)
         total = np.float32(0.0)
         for s in range(n):
-            e = np.exp(row[s] - m)
+            e = exp32(row[s] - m)
             row[s] = e
             total += e
         o = out_TO[t, h * K : (h + 1) * K]
@@ -115,11 +116,11 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                 new_m = max(old_m, block_max)
                 total = np.float32(0.0)
                 for j in range(n):
-                    e = np.exp(p[j] - new_m)
+                    e = exp32(p[j] - new_m)
                     p[j] = e
                     total += e
                 # rescale what was accumulated under the old max, then add this block's weighted V
-                corr = np.exp(old_m - new_m)
+                corr = exp32(old_m - new_m)
                 l[r] = l[r] * corr + total
                 m[r] = new_m
                 for i in range(K):
@@ -192,11 +193,11 @@ def attention_streaming_blocks(
                 new_m = max(m[j], block_max)
                 total = np.float32(0.0)
                 for c in range(visible):
-                    e = np.exp(row[c] - new_m)
+                    e = exp32(row[c] - new_m)
                     row[c] = e
                     total += e
                 row[visible:n] = 0.0
-                corr = np.exp(m[j] - new_m)
+                corr = exp32(m[j] - new_m)
                 l[j] = l[j] * corr + total
                 m[j] = new_m
                 for i in range(K):

@@ -1,15 +1,17 @@
 """y = x @ W.T for weights stored as the checkpoint stores them (bf16 bits or float32), W shaped [O, I].
 
 Few rows of x (decode): a numba kernel reads every weight once and widens it in registers, so the bytes
-read per token equal the stored size (memory bound). Many rows (prefill): numba threads each take tiles
-of W rows, widen a tile to float32 in their own scratch (L2-resident) and multiply it with OpenBLAS
-sgemm called from that thread (compute bound).
+read per token equal the stored size (memory bound). Many rows (prefill, compute bound): bf16 W on a CPU
+with AMX goes to the tile kernels of amx.py; otherwise numba threads each take tiles of W rows, widen a
+tile to float32 in their own scratch (L2-resident) and multiply it with OpenBLAS sgemm called from that
+thread.
 """
 
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 
+from . import amx
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .bf16 import to_f32
 
@@ -115,6 +117,7 @@ class Linear:
     def __init__(self, w_OI: np.ndarray):
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
         self.w_OI = w_OI
+        self.amx = amx.AVAILABLE and w_OI.dtype == np.uint16
 
     @property
     def shape(self):
@@ -131,6 +134,8 @@ class Linear:
         O, I = w.shape
         if T <= SMALL_T:
             matvec(y_TO, x_TI, w)
+        elif self.amx:
+            amx.matmul(y_TO, x_TI, w, scratch, get_num_threads())
         elif SGEMM is not None:
             threads = get_num_threads()
             matmul_tiles(y_TO, x_TI, w, scratch[: threads * TILE_ROWS * I].reshape(threads, TILE_ROWS, I), SGEMM)
@@ -145,6 +150,8 @@ class Linear:
         O, I = self.w_OI.shape
         if T <= SMALL_T:
             return 0
+        if self.amx:
+            return amx.scratch_floats(I, T, get_num_threads())
         if SGEMM is not None:
             return get_num_threads() * TILE_ROWS * I
         return O * I

@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from .bf16 import to_f32
+from .exp import exp32
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -28,7 +29,7 @@ def silu_mul(out_TF, gu_T2F):
     for t in prange(out_TF.shape[0]):
         for f in range(F):
             g = gu_T2F[t, f]
-            out_TF[t, f] = g / (np.float32(1.0) + np.exp(-g)) * gu_T2F[t, F + f]
+            out_TF[t, f] = g / (np.float32(1.0) + exp32(-g)) * gu_T2F[t, F + f]
 
 
 @njit(cache=True)
