@@ -208,37 +208,30 @@ def split_bf16(xv_PKTJ, x_TI, t0, i0, parts_PTI):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def tile_products(y_TO, t0, xv_PKTJ, w_OI, i0, accumulate, c_P2R2T, pad_PRK):
+def tile_products(y_TO, t0, xv_PKTJ, w_OI, i0, accumulate, c_PRT, pad_PRK):
     """y[t0 + t, o] (+)= sum over parts p and k of W[o, i0 + k] xv[p, k // 2, t, k % 2]: the tokens and
     the columns (a slab of I) that xv holds.
 
-    A task takes 32 rows of W (the last one, and the columns past the last whole 32, zero-padded into
-    the thread's pad) and runs them against every 32 tokens."""
+    A task takes 32 rows of W and runs them against every 32 tokens, reading W in place; the columns
+    past the last whole step of 32, and all of a last block of fewer than 32 rows, are read from a
+    zero-padded copy in the thread's pad (never past the end of W)."""
     O, I = w_OI.shape
     P, Kh, Tp, _ = xv_PKTJ.shape
     T = min(Tp, y_TO.shape[0] - t0)
     width = min(2 * Kh, I - i0)
-    Kp = (width + STEP - 1) // STEP * STEP
-    steps = Kp // STEP
+    steps = (width + STEP - 1) // STEP
     part = Kh * Tp * 2
     row = Tp * 2
     for b in prange((O + ROWS - 1) // ROWS):
         o0 = b * ROWS
         n = min(ROWS, O - o0)
         pad = pad_PRK[get_thread_id()]
-        c = c_P2R2T[get_thread_id()]
-        if n < ROWS:  # last rows: all of them, zero-padded, from pad
+        c = c_PRT[get_thread_id()]
+        first = 0 if n < ROWS else width // STEP  # steps before this one read W in place
+        if first < steps:
             for r in range(ROWS):
-                for k in range(Kp):
-                    pad[r, k] = w_OI[o0 + r, i0 + k] if r < n and k < width else np.uint16(0)
-            src, base, stride, direct = pad, 0, pad.shape[1], steps
-        else:
-            src, base, stride, direct = w_OI, o0 * I + i0, I, width // STEP
-            if direct < steps:  # columns past the last whole step, zero-padded, from pad[:, :STEP]
-                for r in range(ROWS):
-                    for i in range(STEP):
-                        k = direct * STEP + i
-                        pad[r, i] = w_OI[o0 + r, i0 + k] if k < width else np.uint16(0)
+                for k in range(first * STEP, steps * STEP):
+                    pad[r, k - first * STEP] = w_OI[o0 + r, i0 + k] if r < n and k < width else np.uint16(0)
         tile_config(CONFIG)
         for tb in range(0, Tp, TOKENS):
             tile_zero(4)
@@ -246,12 +239,12 @@ def tile_products(y_TO, t0, xv_PKTJ, w_OI, i0, accumulate, c_P2R2T, pad_PRK):
             tile_zero(6)
             tile_zero(7)
             for s in range(steps):
-                if s < direct:
-                    tile_load(0, src, base + s * STEP, stride)
-                    tile_load(1, src, base + 16 * stride + s * STEP, stride)
+                if s < first:
+                    tile_load(0, w_OI, o0 * I + i0 + s * STEP, I)
+                    tile_load(1, w_OI, (o0 + 16) * I + i0 + s * STEP, I)
                 else:
-                    tile_load(0, pad, 0, pad.shape[1])
-                    tile_load(1, pad, 16 * pad.shape[1], pad.shape[1])
+                    tile_load(0, pad, (s - first) * STEP, pad.shape[1])
+                    tile_load(1, pad, 16 * pad.shape[1] + (s - first) * STEP, pad.shape[1])
                 for p in range(P):
                     at = p * part + s * (STEP // 2) * row + tb * 2
                     tile_load(2, xv_PKTJ, at, row)
@@ -269,10 +262,10 @@ def tile_products(y_TO, t0, xv_PKTJ, w_OI, i0, accumulate, c_P2R2T, pad_PRK):
                 y_row = y_TO[t0 + tb + t, o0 : o0 + n]
                 if accumulate:
                     for r in range(n):
-                        y_row[r] += c[r, t]
+                        y_row[r] += c[r * TOKENS + t]
                 else:
                     for r in range(n):
-                        y_row[r] = c[r, t]
+                        y_row[r] = c[r * TOKENS + t]
         tile_release()
 
 
@@ -299,7 +292,7 @@ def matmul(y_TO, x_TI, w_OI, scratch, threads: int) -> None:
     T, I = x_TI.shape
     slab, Tp, n_xv, n_rows, n_c, n_pad = _sizes(I, T, threads)
     at = np.cumsum([0, n_xv, n_rows, n_c, n_pad])
-    c = scratch[at[2] : at[3]].reshape(threads, ROWS, TOKENS)
+    c = scratch[at[2] : at[3]].reshape(threads, ROWS * TOKENS)
     pad = scratch[at[3] : at[4]].view(np.uint16).reshape(threads, ROWS, slab)
     for t0 in range(0, T, Tp):
         tp = min(Tp, _round_up(T - t0, TOKENS))  # the last chunk may be shorter
