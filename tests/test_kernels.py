@@ -1,13 +1,14 @@
 """Each kernel against a plain numpy reference."""
 
 import numba
-from numba import njit
 import numpy as np
 import pytest
+from numba import njit
 
 from qwen3_mpi.kernels import (
     Linear,
     add_partials,
+    amx,
     attention_standard,
     attention_streaming,
     embed_rows,
@@ -20,7 +21,6 @@ from qwen3_mpi.kernels.attention import (
     heads_of_kv,
     streaming_scratch_size,
 )
-from qwen3_mpi.kernels import amx
 from qwen3_mpi.kernels.blas import SGEMM
 from qwen3_mpi.kernels.exp import exp32
 from qwen3_mpi.kernels.linear import SMALL_T

@@ -12,8 +12,8 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 
 from . import amx
-from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .bf16 import to_f32
+from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 
 SMALL_T = 4  # at most this many rows of x: matvec; more: tiles + sgemm
 TILE_ROWS = 128  # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
