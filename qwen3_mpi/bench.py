@@ -40,7 +40,7 @@ def run(args, comm: Comm, model_dir: Path, model) -> None:
         model.set_attention(kernel)
         prefill, decode = [], []
         for i in range(args.warmup + args.iters):
-            gen = engine.generate(prompt, args.gen_len, greedy if comm.is_root else None, set())
+            gen = engine.generate(prompt, args.gen_len, SamplingParams(), greedy if comm.is_root else None, set())
             if comm.is_root and i >= args.warmup:
                 prefill.append(args.prompt_len / gen.prefill_s)
                 decode.append(gen.decode_steps / gen.decode_s)

@@ -1,7 +1,9 @@
 """Command line: argparse -> options; the only place options are read.
 
     qwen3-mpi generate [-m DIR] (-p TEXT | --prompt-ids 1,2,3) [-n N] [sampling] [--attention ...] [--json]
+    qwen3-mpi chat [-m DIR] [sampling] [--max-context N]
     qwen3-mpi logits -m DIR --prompt-ids 1,2,3 -o FILE.npy
+    qwen3-mpi bench [-m DIR] [--prompt-len N] [--gen-len N] [--iters N]
 Both run under `mpirun -n N` or alone.
 """
 
@@ -82,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
             "--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)"
         )
 
+    def add_generation_options(p):
+        p.add_argument("-s", "--system", help="system message for the chat template")
+        think = p.add_mutually_exclusive_group()
+        think.add_argument(
+            "--think",
+            dest="think",
+            action="store_true",
+            default=None,
+            help="enable_thinking=True in the chat template (the template's default when neither is given)",
+        )
+        think.add_argument("--no-think", dest="think", action="store_false", help="enable_thinking=False")
+        p.add_argument("--hide-thinking", action="store_true", help="do not show the <think>...</think> block")
+        p.add_argument("-n", "--max-new-tokens", type=_positive, default=128, help="per answer (default 128)")
+        p.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 0)")
+        p.add_argument("--top-k", type=int, help="default: generation_config.json, else off (0)")
+        p.add_argument("--top-p", type=float, help="default: generation_config.json, else off (1)")
+        p.add_argument("--min-p", type=float, help="default: generation_config.json, else off (0)")
+        p.add_argument("--repetition-penalty", type=float, help="default: generation_config.json, else off (1)")
+        p.add_argument("--presence-penalty", type=float, help="subtracted from generated tokens (default 0)")
+        p.add_argument("--seed", type=int, help="sampling seed (default: random; reported)")
+        p.add_argument("--stop", action="append", default=[], help="stop when this text is generated (repeatable)")
+        p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+
     g = sub.add_parser("generate", help="generate text")
     add_run_options(g, model_required=False)
     prompt = g.add_mutually_exclusive_group(required=True)
@@ -89,24 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument(
         "--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (no template, no tokenizer needed)"
     )
-    g.add_argument("-s", "--system", help="system message for the chat template")
     g.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt text as is")
-    g.add_argument("-n", "--max-new-tokens", type=_positive, default=128, help="default 128")
+    add_generation_options(g)
     g.add_argument(
         "--max-context",
         type=_positive,
         help="KV cache positions (default: prompt + new tokens, at most max_position_embeddings)",
     )
-    g.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 0)")
-    g.add_argument("--top-k", type=int, help="default: generation_config.json, else off")
-    g.add_argument("--top-p", type=float, help="default: generation_config.json, else off")
-    g.add_argument("--min-p", type=float, help="default: generation_config.json, else off")
-    g.add_argument("--repetition-penalty", type=float, help="default: generation_config.json, else 1.0")
-    g.add_argument("--presence-penalty", type=float, default=0.0, help="default 0")
-    g.add_argument("--seed", type=int, help="sampling seed (default: random; printed)")
-    g.add_argument("--stop", action="append", default=[], help="stop when this text is generated (repeatable)")
-    g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens (benchmarks)")
-    g.add_argument("--json", action="store_true", help="print one JSON object with ids, text and timings")
+    g.add_argument("--json", action="store_true", help="print one JSON object (ids, text, timings) instead of text")
+
+    c = sub.add_parser("chat", help="interactive chat on rank 0's stdin (/reset, /exit)")
+    add_run_options(c, model_required=False)
+    add_generation_options(c)
+    c.add_argument(
+        "--max-context",
+        type=_positive,
+        default=4096,
+        help="KV cache positions for the whole conversation (default 4096, at most max_position_embeddings)",
+    )
 
     lg = sub.add_parser("logits", help="write the logits of every prompt position to a .npy file")
     add_run_options(lg, model_required=True)
@@ -146,7 +171,8 @@ def main(argv=None) -> int:
         _set_threads(comm, args.threads)
         from . import commands
 
-        {"generate": commands.generate, "logits": commands.logits, "bench": commands.bench}[args.command](args, comm)
+        run = {"generate": commands.generate, "chat": commands.chat, "logits": commands.logits, "bench": commands.bench}
+        run[args.command](args, comm)
         return 0
     except AgreedError as e:  # every rank knows: exit cleanly, rank 0 says why
         if comm.is_root:

@@ -15,6 +15,20 @@ from .errors import UserError
 from .kernels import add_partials
 
 
+def _timed(method):
+    """Adds the call's wall time to self.collective_s (the time this rank spends in collectives)."""
+
+    def timed(self, *args, **kwargs):
+        t0 = MPI.Wtime()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.collective_s += MPI.Wtime() - t0
+
+    timed.__name__, timed.__doc__ = method.__name__, method.__doc__
+    return timed
+
+
 class AgreedError(Exception):
     """A UserError that every rank has learned of (so every rank can exit cleanly)."""
 
@@ -30,6 +44,7 @@ class Comm:
         self.local_size = self.node.Get_size()
         self.combine_method = "allgather"
         self._gathered = None
+        self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
 
     @property
     def is_root(self) -> bool:
@@ -57,6 +72,7 @@ class Comm:
         os._exit(code)
 
     # --- the forward pass
+    @_timed
     def combine(self, x_TD: np.ndarray, part_TD: np.ndarray) -> None:
         """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
         every rank. 'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
@@ -74,6 +90,7 @@ class Comm:
         self.world.Allgather(part_TD, gathered_RTD)
         add_partials(x_TD, gathered_RTD)
 
+    @_timed
     def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:
         """Column blocks [T, V_r] of every rank -> [T, sum V_r] on rank 0 (None elsewhere)."""
         T = local_TV.shape[0]
@@ -91,6 +108,16 @@ class Comm:
             start += T * c
         return np.concatenate(blocks, axis=1)
 
+    @_timed
+    def gather_rows(self, local: np.ndarray) -> np.ndarray | None:
+        """Every rank's float64 array of the same shape -> [ranks, ...] on rank 0 (None elsewhere)."""
+        if self.size == 1:
+            return local[None].copy()
+        recv = np.empty((self.size, *local.shape), np.float64) if self.is_root else None
+        self.world.Gather(np.ascontiguousarray(local, np.float64), recv, root=0)
+        return recv
+
+    @_timed
     def bcast_ints(self, values: np.ndarray) -> np.ndarray:
         """Rank 0's int64 array (same length on every rank) to every rank."""
         if self.size > 1:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import math
 import os
 import random
 import sys
@@ -19,6 +22,7 @@ from .engine import Engine
 from .errors import UserError
 from .model import Model, load_shard
 from .sampling import Sampler, SamplingParams
+from .textstream import TextStream
 from .weights import Checkpoint
 
 
@@ -106,7 +110,7 @@ def _prepare_prompt(args, model_dir: Path, config: Qwen3Config):
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": args.prompt}
             ]
-            ids = tokenizer.apply_chat_template(messages)
+            ids = tokenizer.apply_chat_template(messages, **_template_options(args))
         if not ids:
             raise UserError("--prompt: the prompt is empty after tokenization")
         _check_ids(ids, config.vocab_size, "--prompt (tokenizer)")
@@ -115,62 +119,79 @@ def _prepare_prompt(args, model_dir: Path, config: Qwen3Config):
     return ids, tokenizer
 
 
-def _sampling(args, defaults: dict) -> SamplingParams:
-    sample = defaults.get("do_sample", False)
+def _template_options(args) -> dict:
+    """Variables for the chat template: enable_thinking only when --think / --no-think was given."""
+    return {} if args.think is None else {"enable_thinking": args.think}
 
-    def pick(flag, key, off):
-        return flag if flag is not None else (defaults.get(key, off) if sample else off)
+
+SAMPLING_RULES = {  # flag: (attribute, check, what the check requires)
+    "--temperature": ("temperature", lambda v: 0 <= v < math.inf, ">= 0 (0 is greedy)"),
+    "--top-k": ("top_k", lambda v: v >= 0, ">= 0 (0 is off)"),
+    "--top-p": ("top_p", lambda v: 0 < v <= 1, "in (0, 1] (1 is off)"),
+    "--min-p": ("min_p", lambda v: 0 <= v <= 1, "in [0, 1] (0 is off)"),
+    "--repetition-penalty": ("repetition_penalty", lambda v: 0 < v < math.inf, "> 0 (1 is off)"),
+    "--presence-penalty": ("presence_penalty", lambda v: -math.inf < v < math.inf, "a finite number (0 is off)"),
+    "--seed": ("seed", lambda v: 0 <= v < 2**63, ">= 0"),
+}
+
+
+def _sampling(args, defaults: dict) -> SamplingParams:
+    """The flags given, else generation_config.json's values when it samples (do_sample), else off.
+    Out-of-range values (given or from the file) are refused, naming the flag."""
+    for flag, (attr, ok, rule) in SAMPLING_RULES.items():
+        value = getattr(args, attr, None)
+        if value is not None and not ok(value):
+            raise UserError(f"{flag}: {value} is out of range: must be {rule}")
+    sample = bool(defaults.get("do_sample", False))
+
+    def pick(attr, off):
+        value = getattr(args, attr)
+        if value is None and sample:
+            value = defaults.get(attr)
+        return off if value is None else value
 
     params = SamplingParams(
-        temperature=pick(args.temperature, "temperature", 0.0) if args.temperature is not None or sample else 0.0,
-        top_k=int(pick(args.top_k, "top_k", 0) or 0),
-        top_p=float(pick(args.top_p, "top_p", 1.0) or 1.0),
-        min_p=float(pick(args.min_p, "min_p", 0.0) or 0.0),
-        repetition_penalty=float(pick(args.repetition_penalty, "repetition_penalty", 1.0) or 1.0),
-        presence_penalty=args.presence_penalty,
+        temperature=float(pick("temperature", 1.0)) if (sample or args.temperature is not None) else 0.0,
+        top_k=int(pick("top_k", 0)),
+        top_p=float(pick("top_p", 1.0)),
+        min_p=float(pick("min_p", 0.0)),
+        repetition_penalty=float(pick("repetition_penalty", 1.0)),
+        presence_penalty=float(pick("presence_penalty", 0.0)),
     )
-    for name, value, ok in (
-        ("--temperature", params.temperature, params.temperature >= 0),
-        ("--top-k", params.top_k, params.top_k >= 0),
-        ("--top-p", params.top_p, 0 < params.top_p <= 1),
-        ("--min-p", params.min_p, 0 <= params.min_p < 1),
-        ("--repetition-penalty", params.repetition_penalty, params.repetition_penalty > 0),
-    ):
-        if not ok:
-            raise UserError(f"{name}: {value} is out of range")
+    for flag, (attr, ok, rule) in SAMPLING_RULES.items():
+        if attr != "seed" and not ok(getattr(params, attr)):
+            raise UserError(f"generation_config.json: {attr} = {getattr(params, attr)} is out of range: must be {rule}")
     return params
 
 
-class _TextStream:
-    """Rank 0: decodes the generated ids, prints new text as it completes, and watches for --stop strings."""
+@contextlib.contextmanager
+def _progress(args, what: str, total: int, unit: str, min_total: int = 0):
+    """A progress bar on rank 0's stderr (a terminal only, never with --json): yields update(n) or None."""
+    if getattr(args, "json", False) or total < max(min_total, 1) or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
 
-    def __init__(self, tokenizer, stops: list[str], echo: bool):
-        self.tokenizer, self.stops, self.echo = tokenizer, stops, echo
-        self.text, self.printed = "", 0
+    scale = unit == "B"
+    with tqdm(total=total, desc=what, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
+              leave=False, file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar.update
 
-    def __call__(self, gen):
-        if self.tokenizer is None:
-            return None
-        self.text = self.tokenizer.decode(gen.output_ids)
-        for stop in self.stops:
-            at = self.text.find(stop)
-            if at >= 0:
-                self.text = self.text[:at]
-                self._flush(final=True)
-                return "stop"
-        self._flush(final=False)
-        return None
 
-    def _flush(self, final: bool):
-        end = len(self.text)
-        if not final:
-            end -= max((len(s) - 1 for s in self.stops), default=0)  # might be the start of a stop string
-            while end > self.printed and self.text[end - 1] == "\ufffd":  # an incomplete UTF-8 sequence
-                end -= 1
-        if self.echo and end > self.printed:
-            sys.stdout.write(self.text[self.printed : end])
-            sys.stdout.flush()
-            self.printed = end
+def _stats_line(gen, load_s: float | None) -> str:
+    """One line in the spirit of llama.cpp's timings."""
+    prefill_tps = len(gen.prompt_ids) / gen.prefill_s if gen.prefill_s else 0.0
+    decode_tps = gen.decode_steps / gen.decode_s if gen.decode_s else 0.0
+    total = gen.prefill_s + gen.decode_s
+    parts = [] if load_s is None else [f"load {load_s:.2f} s"]
+    parts += [
+        f"prefill {len(gen.prompt_ids)} tokens {gen.prefill_s * 1e3:.0f} ms ({prefill_tps:.1f} tokens/s)",
+        f"decode {gen.decode_steps} tokens {gen.decode_s * 1e3:.0f} ms ({decode_tps:.1f} tokens/s, "
+        f"{1e3 / decode_tps if decode_tps else 0.0:.1f} ms/token)",
+        f"collectives {100 * gen.collective_s / total if total else 0.0:.0f}% of the time",
+        f"finish: {gen.finish_reason}",
+    ]
+    return "; ".join(parts)
 
 
 def generate(args, comm: Comm) -> None:
@@ -178,32 +199,35 @@ def generate(args, comm: Comm) -> None:
     config = comm.agree(Qwen3Config.from_hf, model_dir)
     # rank 0 alone: tokenizer, prompt, sampling and stops
     setup = comm.agree(lambda: _root_setup(args, model_dir, config) if comm.is_root else None)
-    prompt_len, max_context, new_tokens = comm.bcast(setup[1] if comm.is_root else None)
+    prompt_len, max_context = comm.bcast(setup[1] if comm.is_root else None)
     model, load_s = _load(args, comm, model_dir, config, max_context, min(args.prefill_chunk, prompt_len))
     engine = Engine(model, comm)
-    if comm.is_root:
-        (ids, tokenizer, sampler, stop_ids, seed), _ = setup
-        stream = _TextStream(tokenizer, args.stop, echo=not args.json)
-        gen = engine.generate(ids, new_tokens, sampler, stop_ids, on_token=stream)
-    else:
-        engine.generate(None, new_tokens, None, set())
+    if not comm.is_root:
+        engine.generate(None, 0, None, None, set())
+        comm.gather(peak_rss_mb())
+        comm.gather(model.weights.nbytes / 2**20)
+        return
+    (ids, tokenizer, params, seed, stop_ids), _ = setup
+    stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
+    on_token = stream if tokenizer is not None else None
+    with _progress(args, "prefill", len(ids), "tokens", min_total=2 * model.max_tokens) as bar:
+        gen = engine.generate(ids, args.max_new_tokens, params, Sampler(params, seed), stop_ids, on_token, progress=bar)
     rss = comm.gather(peak_rss_mb())
     weights_mb = comm.gather(model.weights.nbytes / 2**20)
-    if not comm.is_root:
-        return
-    stream._flush(final=True)
-    text = stream.text if tokenizer is not None else None
+    stream.flush()
+    text = stream.visible_text if tokenizer is not None else None
+    total = gen.prefill_s + gen.decode_s
     result = {
         "model": str(model_dir),
         "prompt_ids": gen.prompt_ids,
         "output_ids": gen.output_ids,
         "text": text,
-        "stop_reason": gen.stop_reason,
+        "finish_reason": gen.finish_reason,
         "ranks": comm.size,
         "threads_per_rank": numba.get_num_threads(),
         "attention": args.attention,
         "combine": comm.combine_method,
-        "seed": seed,
+        "sampling": {**dataclasses.asdict(params), "seed": seed},
         "load_s": load_s,
         "prefill_tokens": len(gen.prompt_ids),
         "prefill_s": gen.prefill_s,
@@ -211,6 +235,8 @@ def generate(args, comm: Comm) -> None:
         "decode_tokens": gen.decode_steps,
         "decode_s": gen.decode_s,
         "decode_tokens_per_s": gen.decode_steps / gen.decode_s if gen.decode_steps else 0.0,
+        "collective_s": gen.collective_s,
+        "collective_share": gen.collective_s / total if total else 0.0,
         "peak_rss_mb": max(rss),
         "peak_rss_mb_per_rank": rss,
         "weights_mb_per_rank": weights_mb,
@@ -219,18 +245,96 @@ def generate(args, comm: Comm) -> None:
         print(json.dumps(result))
         return
     print(flush=True)
-    _log(
-        comm,
-        f"{comm.size} rank(s) x {result['threads_per_rank']} thread(s), {args.attention} attention; "
-        f"load {load_s:.2f} s",
-    )
-    _log(
-        comm,
-        f"prefill {result['prefill_tokens']} tokens in {gen.prefill_s:.3f} s "
-        f"({result['prefill_tokens_per_s']:.1f} tokens/s); decode {gen.decode_steps} tokens in "
-        f"{gen.decode_s:.3f} s ({result['decode_tokens_per_s']:.1f} tokens/s); stop: {gen.stop_reason}",
-    )
+    _log(comm, f"{comm.size} rank(s) x {result['threads_per_rank']} thread(s), {args.attention} attention, seed {seed}")
+    _log(comm, _stats_line(gen, load_s))
     _log(comm, f"peak RSS per rank: {', '.join(f'{r:.0f}' for r in rss)} MB")
+
+
+def chat(args, comm: Comm) -> None:
+    """An interactive conversation read from rank 0's stdin, one line per user turn. Each turn renders
+    the whole conversation with the chat template and prefills only what differs from the KV cache
+    (the template drops earlier turns' thinking, so the cache is reused up to the first difference)."""
+    model_dir = _model_dir(args, comm)
+    config = comm.agree(Qwen3Config.from_hf, model_dir)
+    setup = comm.agree(lambda: _chat_setup(args, model_dir, config) if comm.is_root else None)
+    max_context = comm.bcast(setup[1] if comm.is_root else None)
+    model, load_s = _load(args, comm, model_dir, config, max_context, min(args.prefill_chunk, max_context))
+    engine = Engine(model, comm)
+    if not comm.is_root:
+        while comm.bcast(None):  # rank 0 says whether another turn follows
+            engine.generate(None, 0, None, None, set())
+        return
+    (tokenizer, params, seed, stop_ids), _ = setup
+    _log(comm, f"loaded in {load_s:.2f} s; {max_context} positions of context; seed {seed}")
+    _log(comm, "type a message; /reset starts over, /exit or end of input ends")
+    sampler = Sampler(params, seed)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages, cached = list(system), []  # cached: the ids whose keys and values are in the cache
+    try:
+        while (line := _read_line()) is not None:
+            text = line.strip()
+            if not text:
+                continue
+            if text == "/exit":
+                break
+            if text == "/reset":
+                messages, cached = list(system), []
+                _log(comm, "conversation reset")
+                continue
+            turn = [*messages, {"role": "user", "content": line.rstrip("\n")}]
+            ids = tokenizer.apply_chat_template(turn, **_template_options(args))
+            if len(ids) >= max_context:
+                _log(comm, f"context full: the conversation needs {len(ids)} of {max_context} positions; /reset")
+                continue
+            keep = min(_common_prefix(cached, ids), len(ids) - 1)
+            comm.bcast(True)
+            stream = TextStream(tokenizer, args.stop, args.hide_thinking, sys.stdout)
+            gen = engine.generate(
+                ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, pos0=keep, context_ids=ids[:keep]
+            )
+            stream.flush()
+            print(flush=True)
+            cached = ids + gen.output_ids[:-1]  # the last token was drawn but never run through the model
+            messages = [*turn, {"role": "assistant", "content": stream.text}]
+            _log(comm, f"[{keep} positions reused] " + _stats_line(gen, None))
+            if gen.finish_reason == "context":
+                _log(comm, f"context full ({max_context} positions): /reset to start a new conversation")
+    finally:
+        comm.bcast(False)
+
+
+def _read_line() -> str | None:
+    """The next user line (None at the end of input). Under mpirun stdin is a pipe even at a terminal,
+    so the prompt marker is always printed and a blank line follows what was typed."""
+    sys.stdout.write("> ")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        print(flush=True)
+        return None
+    if not sys.stdin.isatty():
+        print(flush=True)
+    return line
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def _chat_setup(args, model_dir: Path, config: Qwen3Config):
+    from .tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(model_dir)
+    if not tokenizer.has_chat_template:
+        raise UserError(f"{model_dir}: chat needs a chat template (tokenizer_config.json or chat_template.jinja)")
+    defaults = generation_defaults(model_dir)
+    params = _sampling(args, defaults)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    limit = config.max_position_embeddings
+    max_context = min(args.max_context, limit)
+    return (tokenizer, params, seed, _stop_ids(args, config, defaults)), max_context
 
 
 def _root_setup(args, model_dir: Path, config: Qwen3Config):
@@ -238,7 +342,7 @@ def _root_setup(args, model_dir: Path, config: Qwen3Config):
     defaults = generation_defaults(model_dir)
     params = _sampling(args, defaults)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    stop_ids = set() if args.ignore_eos else set(config.eos_token_ids) | set(int_tuple(defaults.get("eos_token_id")))
+    stop_ids = _stop_ids(args, config, defaults)
     limit = config.max_position_embeddings
     max_context = args.max_context or min(len(ids) + args.max_new_tokens, limit)
     if max_context > limit:
@@ -248,8 +352,13 @@ def _root_setup(args, model_dir: Path, config: Qwen3Config):
             f"the prompt has {len(ids)} tokens, leaving no room in a context of {max_context} "
             "(--max-context / max_position_embeddings)"
         )
-    new_tokens = min(args.max_new_tokens, max_context - len(ids))
-    return (ids, tokenizer, Sampler(params, seed), stop_ids, seed), (len(ids), max_context, new_tokens)
+    return (ids, tokenizer, params, seed, stop_ids), (len(ids), max_context)
+
+
+def _stop_ids(args, config: Qwen3Config, defaults: dict) -> set[int]:
+    if args.ignore_eos:
+        return set()
+    return set(config.eos_token_ids) | set(int_tuple(defaults.get("eos_token_id")))
 
 
 def logits(args, comm: Comm) -> None:

@@ -8,79 +8,118 @@ import numpy as np
 
 from .comm import Comm
 from .model import Model
-from .sampling import Sampler
+from .sampling import Sampler, SamplingParams, best, penalize
+
+FINISH_REASONS = ("stop", "length", "context")  # end-of-sequence or --stop text; max new tokens; cache full
 
 
 @dataclass
 class Generation:
     prompt_ids: list[int]
+    pos0: int = 0  # cached positions before the prompt (a chat's earlier turns)
     output_ids: list[int] = field(default_factory=list)
-    stop_reason: str = "length"
+    finish_reason: str = "length"
     prefill_s: float = 0.0
     decode_s: float = 0.0
     decode_steps: int = 0
+    collective_s: float = 0.0  # rank 0's time inside collectives during prefill and decode
 
 
 class Engine:
     def __init__(self, model: Model, comm: Comm):
         self.model, self.comm = model, comm
+        self.v0 = model.layout.vocab[0]
 
     def _broadcast_ids(self, ids: list[int] | None) -> np.ndarray:
         n = self.comm.bcast_ints(np.array([len(ids) if ids is not None else 0], np.int64))[0]
         buf = np.array(ids, dtype=np.int64) if self.comm.is_root else np.empty(n, dtype=np.int64)
         return self.comm.bcast_ints(buf)
 
-    def prefill(self, ids_T: np.ndarray, all_logits: bool = False):
-        """Run the prompt in chunks of at most max_tokens; the logits of the last (or every) position."""
+    def prefill(self, ids_T: np.ndarray, pos0: int = 0, all_logits: bool = False, gather: bool = True, progress=None):
+        """Run the prompt at positions pos0.. in chunks of at most max_tokens; the logits of the last (or
+        every) position. progress(n), if given, is called on rank 0 after each chunk of n tokens."""
         chunk = self.model.max_tokens
         outputs = []
         logits = None
         for start in range(0, len(ids_T), chunk):
-            logits = self.model.forward(ids_T[start : start + chunk], start, all_logits=all_logits)
+            part = ids_T[start : start + chunk]
+            logits = self.model.forward(part, pos0 + start, all_logits=all_logits, gather=gather)
             outputs.append(logits)
+            if progress is not None:
+                progress(len(part))
         if all_logits and self.comm.is_root:
             return np.concatenate(outputs, axis=0)
         return logits
+
+    def _next_token(self, local_V, params: SamplingParams, sampler: Sampler | None, context, generated) -> int:
+        """Every rank penalizes its vocabulary rows and sends rank 0 its candidates (or, for sampling
+        without top-k, all its logits); rank 0 draws. Returns the token on rank 0, -1 elsewhere."""
+        penalize(local_V, self.v0, params, context, generated)
+        m = params.per_rank()
+        if m is None:
+            full = self.comm.gather_columns(local_V[None], self.model.vocab_counts)
+            return sampler.choose(np.arange(full.shape[1]), full[0]) if self.comm.is_root else -1
+        ids, values = best(local_V, self.v0, m)
+        gathered = self.comm.gather_rows(np.concatenate([ids, values]).astype(np.float64))
+        if not self.comm.is_root:
+            return -1
+        return sampler.choose(gathered[:, :m].ravel().astype(np.int64), gathered[:, m:].ravel().astype(np.float32))
 
     def generate(
         self,
         prompt_ids: list[int] | None,
         max_new_tokens: int,
+        params: SamplingParams | None,
         sampler: Sampler | None,
         stop_ids: set[int],
         on_token=None,
+        pos0: int = 0,
+        context_ids: list[int] | None = None,
+        progress=None,
     ) -> Generation | None:
-        """Prefill the prompt (rank 0's ids), then decode up to max_new_tokens. Rank 0 gets the Generation;
-        on_token(gen) is called on rank 0 after each new token and may return a stop reason."""
+        """Prefill the prompt (rank 0's ids, the sampling params and pos0 are broadcast) after pos0 cached
+        positions, then decode up to max_new_tokens, or until the cache is full. Rank 0 gets the
+        Generation; on_token(gen) is called on rank 0 after each new token and may return "stop".
+        context_ids: the ids of the cached positions (for the repetition penalty; rank 0's are used)."""
         comm = self.comm
+        collective0 = comm.collective_s
         ids_T = self._broadcast_ids(prompt_ids)
-        gen = Generation(prompt_ids=ids_T.tolist())
+        pos0 = int(comm.bcast_ints(np.array([pos0], np.int64))[0])
+        context = list(self._broadcast_ids(context_ids if comm.is_root else None)) if pos0 else []
+        params = comm.bcast(params)
+        gen = Generation(prompt_ids=ids_T.tolist(), pos0=pos0)
         comm.barrier()
         t0 = comm.wtime()
-        logits = self.prefill(ids_T)
+        local = self.prefill(ids_T, pos0, gather=False, progress=progress)
         gen.prefill_s = comm.wtime() - t0
         t1 = comm.wtime()
+        history = context + gen.prompt_ids  # every rank keeps it, for the penalties
+        first_new = len(history)
         step = np.zeros(2, np.int64)  # [token, stop]
-        pos = len(ids_T)
+        pos = pos0 + len(ids_T)
         while True:
+            token = self._next_token(local, params, sampler, history, history[first_new:])
             if comm.is_root:
-                token = sampler(logits, gen.prompt_ids + gen.output_ids, gen.output_ids)
                 gen.output_ids.append(token)
                 reason = None
                 if token in stop_ids:
-                    reason = "eos"
+                    reason = "stop"
                 elif on_token is not None:
                     reason = on_token(gen)
                 if reason is None and len(gen.output_ids) >= max_new_tokens:
                     reason = "length"
+                if reason is None and pos >= self.model.max_context:
+                    reason = "context"
                 if reason is not None:
-                    gen.stop_reason = reason
+                    gen.finish_reason = reason
                 step[:] = (token, reason is not None)
             comm.bcast_ints(step)
+            history.append(int(step[0]))
             if step[1]:
                 break
-            logits = self.model.forward(step[:1].copy(), pos)
+            local = self.model.forward(step[:1].copy(), pos, gather=False)
             pos += 1
             gen.decode_steps += 1
         gen.decode_s = comm.wtime() - t1
+        gen.collective_s = comm.collective_s - collective0
         return gen if comm.is_root else None

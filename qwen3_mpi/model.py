@@ -182,9 +182,12 @@ class Model:
             size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group)
         self.attn_scratch = np.zeros((threads, size), np.float32)
 
-    def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False) -> np.ndarray | None:
+    def forward(
+        self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True
+    ) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
-        the logits of the last token [V] (or of every token [T, V] with all_logits), None elsewhere."""
+        the logits of the last token [V] (or of every token [T, V] with all_logits), None elsewhere; with
+        gather=False, on every rank the last token's logits of this rank's vocabulary rows [V_r]."""
         T = self.last_T = ids_T.shape[0]
         if T > self.max_tokens or pos0 + T > self.max_context:
             raise ValueError("forward: tokens exceed the preallocated buffers")
@@ -227,6 +230,8 @@ class Model:
             return comm.gather_columns(logits_TV, counts)
         rmsnorm(h[:1], x[T - 1 : T], w.norm_D, eps)
         w.lm_head(self.logits_1V, h[:1], self.scratch)
+        if not gather:
+            return self.logits_1V[0]
         full = comm.gather_columns(self.logits_1V, counts)
         return None if full is None else full[0]
 
