@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="KV cache positions for the whole conversation (default 4096, at most max_position_embeddings)",
     )
+    c.add_argument("--json", action="store_true", help="one JSON object per answer instead of streamed text")
 
     lg = sub.add_parser("logits", help="write the logits of every prompt position to a .npy file")
     add_run_options(lg, model_required=True)

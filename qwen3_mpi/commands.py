@@ -173,8 +173,16 @@ def _progress(args, what: str, total: int, unit: str, min_total: int = 0):
     from tqdm import tqdm
 
     scale = unit == "B"
-    with tqdm(total=total, desc=what, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000,
-              leave=False, file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=total,
+        desc=what,
+        unit=unit,
+        unit_scale=scale,
+        unit_divisor=1024 if scale else 1000,
+        leave=False,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
         yield bar.update
 
 
@@ -271,7 +279,7 @@ def chat(args, comm: Comm) -> None:
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages, cached = list(system), []  # cached: the ids whose keys and values are in the cache
     try:
-        while (line := _read_line()) is not None:
+        while (line := _read_line(marker=not args.json)) is not None:
             text = line.strip()
             if not text:
                 continue
@@ -288,12 +296,26 @@ def chat(args, comm: Comm) -> None:
                 continue
             keep = min(_common_prefix(cached, ids), len(ids) - 1)
             comm.bcast(True)
-            stream = TextStream(tokenizer, args.stop, args.hide_thinking, sys.stdout)
+            stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
             gen = engine.generate(
                 ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, pos0=keep, context_ids=ids[:keep]
             )
             stream.flush()
-            print(flush=True)
+            if args.json:
+                turn_result = {
+                    "conversation_ids": ids,
+                    "reused_positions": keep,
+                    "output_ids": gen.output_ids,
+                    "text": stream.visible_text,
+                    "finish_reason": gen.finish_reason,
+                    "prefill_tokens": len(gen.prompt_ids),
+                    "prefill_s": gen.prefill_s,
+                    "decode_tokens": gen.decode_steps,
+                    "decode_s": gen.decode_s,
+                }
+                print(json.dumps(turn_result), flush=True)
+            else:
+                print(flush=True)
             cached = ids + gen.output_ids[:-1]  # the last token was drawn but never run through the model
             messages = [*turn, {"role": "assistant", "content": stream.text}]
             _log(comm, f"[{keep} positions reused] " + _stats_line(gen, None))
@@ -303,18 +325,16 @@ def chat(args, comm: Comm) -> None:
         comm.bcast(False)
 
 
-def _read_line() -> str | None:
+def _read_line(marker: bool) -> str | None:
     """The next user line (None at the end of input). Under mpirun stdin is a pipe even at a terminal,
-    so the prompt marker is always printed and a blank line follows what was typed."""
-    sys.stdout.write("> ")
-    sys.stdout.flush()
+    so the prompt marker is always printed (unless --json) and a blank line follows what was typed."""
+    if marker:
+        sys.stdout.write("> ")
+        sys.stdout.flush()
     line = sys.stdin.readline()
-    if not line:
+    if marker and (not line or not sys.stdin.isatty()):
         print(flush=True)
-        return None
-    if not sys.stdin.isatty():
-        print(flush=True)
-    return line
+    return line or None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

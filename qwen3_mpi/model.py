@@ -182,9 +182,7 @@ class Model:
             size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group)
         self.attn_scratch = np.zeros((threads, size), np.float32)
 
-    def forward(
-        self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True
-    ) -> np.ndarray | None:
+    def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
         the logits of the last token [V] (or of every token [T, V] with all_logits), None elsewhere; with
         gather=False, on every rank the last token's logits of this rank's vocabulary rows [V_r]."""

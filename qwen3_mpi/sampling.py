@@ -77,29 +77,48 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(seed)
 
-    def choose(self, ids: np.ndarray, values: np.ndarray) -> int:
+    def distribution(self, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates (ids, logits after penalties; -inf entries are padding) -> (ids, probabilities)
+        in canonical order, after temperature, top-k, top-p and min-p (transformers' order; ties at the
+        k-th value stay)."""
         p = self.params
-        keep = values > -np.inf  # drop the padding
+        keep = values > -np.inf
         ids, values = ids[keep], values[keep].astype(np.float64)
-        if p.greedy:
-            top = values.max()
-            return int(ids[values == top].min())
+        if ids.size > self.SORT_LIMIT and p.top_p < 1.0 and p.top_k == 0:
+            ids, values = self._top_p_head(ids, values)
         if ids.size <= self.SORT_LIMIT or p.top_p < 1.0:
             order = np.lexsort((ids, -values))  # logit descending, then id ascending
         else:
             order = np.argsort(ids, kind="stable")
         ids, values = ids[order], values[order] / p.temperature
-        if 0 < p.top_k < values.size:  # the candidates are sorted: the k-th value and its ties stay
-            kth = values[p.top_k - 1]
-            ids, values = ids[values >= kth], values[values >= kth]
+        if 0 < p.top_k < values.size:  # sorted: the k-th value is values[k - 1]
+            kept = values >= values[p.top_k - 1]
+            ids, values = ids[kept], values[kept]
         probs = np.exp(values - values.max())
         probs /= probs.sum()
-        if p.min_p > 0.0:
-            probs[probs < p.min_p * probs.max()] = 0.0
         if p.top_p < 1.0:  # the smallest prefix (in sorted order) whose mass reaches top_p
             cumulative = np.cumsum(probs)
             probs[np.searchsorted(cumulative, p.top_p * cumulative[-1]) + 1 :] = 0.0
-        probs /= probs.sum()
+        if p.min_p > 0.0:  # relative to the most likely token, so unaffected by renormalizing
+            probs[probs < p.min_p * probs.max()] = 0.0
+        return ids, probs / probs.sum()
+
+    def _top_p_head(self, ids, values):
+        """The whole vocabulary under top-p: the SORT_LIMIT best tokens when they alone reach top_p of the
+        mass (they are then exactly the tokens a full sort would keep), else everything."""
+        head = np.argpartition(-values, self.SORT_LIMIT)[: self.SORT_LIMIT]
+        weights = np.exp((values - values.max()) / self.params.temperature)
+        if weights[head].sum() >= self.params.top_p * weights.sum():
+            return ids[head], values[head]
+        return ids, values
+
+    def choose(self, ids: np.ndarray, values: np.ndarray) -> int:
+        """The next token: the highest logit (lowest id among equals) when greedy, else a draw."""
+        if self.params.greedy:
+            keep = values > -np.inf
+            ids, values = ids[keep], values[keep]
+            return int(ids[values == values.max()].min())
+        ids, probs = self.distribution(ids, values)
         return int(ids[self.rng.choice(probs.size, p=probs)])
 
     def __call__(self, logits_V: np.ndarray, context_ids, generated_ids) -> int:

@@ -78,4 +78,3 @@ def _without_thinking(text: str, final: bool = True) -> str:
         return text[:start]
     rest = text[end + len(THINK_CLOSE) :].lstrip("\n")
     return text[:start] + _without_thinking(rest, final)
-

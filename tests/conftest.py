@@ -158,6 +158,14 @@ def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     return result
 
 
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """The demo checkpoint (own tokenizer and chat template) at SMALL_DEMO_CONFIG's size."""
+    from qwen3_mpi import demo
+
+    return demo.ensure_demo(SMALL_DEMO_CONFIG, tmp_path_factory.mktemp("cache") / "demo")
+
+
 FIGURES: list[str] = []  # measured figures, printed at the end of the run
 
 

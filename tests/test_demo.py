@@ -5,13 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SMALL_DEMO_CONFIG, run_cli
-from qwen3_mpi import demo
-
-
-@pytest.fixture(scope="module")
-def small_demo(tmp_path_factory):
-    return demo.ensure_demo(SMALL_DEMO_CONFIG, tmp_path_factory.mktemp("cache") / "demo")
+from conftest import run_cli
 
 
 def test_written_atomically(small_demo):
@@ -95,4 +89,4 @@ def test_stop_text(small_demo):
     proc = run_cli(base + ["--stop", stop], ranks=2)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["stop_reason"] == "stop" and result["text"] == full["text"][:cut]
+    assert result["finish_reason"] == "stop" and result["text"] == full["text"][:cut]

@@ -23,6 +23,33 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "Hello! How can I help?"},
         {"role": "user", "content": "Tell me a joke about 🐍."},
     ],
+    [  # earlier thinking is dropped by the template; non-ASCII text
+        {"role": "system", "content": "Réponds en français."},
+        {"role": "user", "content": "2 + 2 ?"},
+        {"role": "assistant", "content": "<think>\nSimple addition.\n</think>\n\n4"},
+        {"role": "user", "content": "用中文再说一遍，谢谢。"},
+        {"role": "assistant", "content": "<think>\n中文\n</think>\n\n四"},
+        {"role": "user", "content": "Merci 🙏"},
+    ],
+    [  # a tool call and its result
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
+        },
+        {"role": "tool", "content": '{"temperature": -3}'},
+    ],
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
 ]
 
 
@@ -42,7 +69,7 @@ def test_encode_and_decode_match_transformers(tokenizers, text):
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
-@pytest.mark.parametrize("extra", [{}, {"enable_thinking": False}])
+@pytest.mark.parametrize("extra", [{}, {"enable_thinking": True}, {"enable_thinking": False}, {"tools": TOOLS}])
 def test_chat_template_matches_transformers(tokenizers, messages, extra):
     ours, hf = tokenizers
     expect = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
@@ -66,3 +93,9 @@ def test_template_runs_in_a_sandbox(tmp_path):
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="tokenizer.json: file not found"):
         Tokenizer(tmp_path)
+
+
+def test_earlier_thinking_is_dropped_from_the_prompt(tokenizers):
+    ours, _ = tokenizers
+    text = ours.render_chat(CONVERSATIONS[3])
+    assert "Simple addition" not in text and "中文\n</think>" not in text and "四" in text
