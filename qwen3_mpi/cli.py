@@ -17,8 +17,8 @@ import traceback
 
 from .comm import AgreedError, Comm
 from .config import COMBINE_KINDS
-from .kernels.attention import ATTENTION_KERNELS
 from .errors import UserError
+from .kernels.attention import ATTENTION_KERNELS
 
 PROG = "qwen3-mpi"
 
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)"
+        )
+        p.add_argument(
+            "--no-progress",
+            dest="progress",
+            action="store_false",
+            help="no progress bars on stderr (they are off with --json, or without a terminal: TERM unset)",
         )
 
     def add_generation_options(p):

@@ -45,6 +45,7 @@ class Comm:
         self.combine_method = "allgather"
         self._gathered = None
         self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
+        self._sent = []
 
     @property
     def is_root(self) -> bool:
@@ -116,6 +117,23 @@ class Comm:
         recv = np.empty((self.size, *local.shape), np.float64) if self.is_root else None
         self.world.Gather(np.ascontiguousarray(local, np.float64), recv, root=0)
         return recv
+
+    # --- small messages to rank 0 outside the collectives (progress reports)
+    def send_root(self, obj, tag: int) -> None:
+        """Non-blocking: obj to rank 0; wait_sent() completes every such send."""
+        self._sent.append(self.world.isend(obj, dest=0, tag=tag))
+
+    def wait_sent(self) -> None:
+        MPI.Request.Waitall(self._sent)
+        self._sent = []
+
+    def receive_any(self, tag: int, block: bool) -> tuple[int, object] | None:
+        """(source, obj) of a message with this tag; None when not block and none is waiting."""
+        if not block and not self.world.iprobe(source=MPI.ANY_SOURCE, tag=tag):
+            return None
+        status = MPI.Status()
+        obj = self.world.recv(source=MPI.ANY_SOURCE, tag=tag, status=status)
+        return status.Get_source(), obj
 
     @_timed
     def bcast_ints(self, values: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -15,12 +14,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from . import progress
 from .cli import PROG, peak_rss_mb
 from .comm import Comm
 from .config import Qwen3Config, ShardLayout, generation_defaults, int_tuple
 from .engine import Engine
 from .errors import UserError
-from .model import Model, load_shard
+from .model import Model, load_shard, shard_nbytes
 from .sampling import Sampler, SamplingParams
 from .textstream import TextStream
 from .weights import Checkpoint
@@ -65,9 +65,10 @@ def _raise(message: str):
 def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: int, max_tokens: int):
     """Layout and this rank's weights (errors agreed on), the warmed-up Model, and the load time."""
     layout = comm.agree(ShardLayout.for_rank, config, comm.rank, comm.size)
+    show = comm.bcast(progress.wanted(args) if comm.is_root else None)
     comm.barrier()
     t0 = comm.wtime()
-    weights = comm.agree(lambda: load_shard(Checkpoint(model_dir), config, layout))
+    weights = comm.agree(lambda: _load_weights(comm, model_dir, config, layout, show))
     attention = args.attention if isinstance(args.attention, str) else args.attention[0]
     model = Model(
         config,
@@ -82,6 +83,18 @@ def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: i
     model.warmup()
     load_s = comm.max(comm.wtime() - t0)
     return model, load_s
+
+
+def _load_weights(comm: Comm, model_dir: Path, config: Qwen3Config, layout: ShardLayout, show: bool):
+    """This rank's weights, reporting its bytes to rank 0's progress bar (always ending the report)."""
+    report = progress.LoadProgress(comm, show)
+    try:
+        ckpt = Checkpoint(model_dir)
+        report.start(shard_nbytes(ckpt, config, layout))
+        ckpt.on_read = report.on_read
+        return load_shard(ckpt, config, layout)
+    finally:
+        report.finish()
 
 
 def _check_ids(ids: list[int], vocab_size: int, flag: str) -> None:
@@ -164,28 +177,6 @@ def _sampling(args, defaults: dict) -> SamplingParams:
     return params
 
 
-@contextlib.contextmanager
-def _progress(args, what: str, total: int, unit: str, min_total: int = 0):
-    """A progress bar on rank 0's stderr (a terminal only, never with --json): yields update(n) or None."""
-    if getattr(args, "json", False) or total < max(min_total, 1) or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    scale = unit == "B"
-    with tqdm(
-        total=total,
-        desc=what,
-        unit=unit,
-        unit_scale=scale,
-        unit_divisor=1024 if scale else 1000,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
-        yield bar.update
-
-
 def _stats_line(gen, load_s: float | None) -> str:
     """One line in the spirit of llama.cpp's timings."""
     prefill_tps = len(gen.prompt_ids) / gen.prefill_s if gen.prefill_s else 0.0
@@ -218,7 +209,8 @@ def generate(args, comm: Comm) -> None:
     (ids, tokenizer, params, seed, stop_ids), _ = setup
     stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
     on_token = stream if tokenizer is not None else None
-    with _progress(args, "prefill", len(ids), "tokens", min_total=2 * model.max_tokens) as bar:
+    long_prompt = progress.wanted(args) and len(ids) >= 2 * model.max_tokens
+    with progress.bar(long_prompt, len(ids), "prefill", "tokens") as bar:
         gen = engine.generate(ids, args.max_new_tokens, params, Sampler(params, seed), stop_ids, on_token, progress=bar)
     rss = comm.gather(peak_rss_mb())
     weights_mb = comm.gather(model.weights.nbytes / 2**20)

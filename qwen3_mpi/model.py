@@ -79,49 +79,75 @@ def _matrix(raw: np.ndarray) -> Linear:
     return Linear(np.ascontiguousarray(raw if raw.dtype == np.uint16 else as_f32(raw)))
 
 
-def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> ShardWeights:
-    """Read this rank's slices (and nothing else) of every tensor, following ShardLayout's plan."""
+def shard_reads(config: Qwen3Config, layout: ShardLayout):
+    """Every slice this rank reads, as (name, shape, rows, cols): the plan load_shard follows."""
     D, K, I = config.hidden_size, config.head_dim, config.intermediate_size
     Hq, Hkv, Vg = config.num_attention_heads, config.num_key_value_heads, config.vocab_size
     heads = (layout.heads[0] * K, layout.heads[1] * K)
     kv = (layout.kv_heads[0] * K, layout.kv_heads[1] * K)
+    reads = {}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        reads[i] = {
+            "input_layernorm_D": [(p + "input_layernorm.weight", (D,), None, None)],
+            "post_attention_layernorm_D": [(p + "post_attention_layernorm.weight", (D,), None, None)],
+            "q_norm_K": [(p + "self_attn.q_norm.weight", (K,), None, None)],
+            "k_norm_K": [(p + "self_attn.k_norm.weight", (K,), None, None)],
+            "qkv_proj": [
+                (p + "self_attn.q_proj.weight", (Hq * K, D), heads, None),
+                (p + "self_attn.k_proj.weight", (Hkv * K, D), kv, None),
+                (p + "self_attn.v_proj.weight", (Hkv * K, D), kv, None),
+            ],
+            "o_proj": [(p + "self_attn.o_proj.weight", (D, Hq * K), None, heads)],
+            "gate_up_proj": [
+                (p + "mlp.gate_proj.weight", (I, D), layout.ffn, None),
+                (p + "mlp.up_proj.weight", (I, D), layout.ffn, None),
+            ],
+            "down_proj": [(p + "mlp.down_proj.weight", (D, I), None, layout.ffn)],
+        }
+    reads["embed"] = [("model.embed_tokens.weight", (Vg, D), layout.vocab, None)]
+    reads["lm_head"] = [] if config.tie_word_embeddings else [("lm_head.weight", (Vg, D), layout.vocab, None)]
+    reads["norm"] = [("model.norm.weight", (D,), None, None)]
+    return reads
 
-    def vec(name, n):
-        return as_f32(ckpt.read(name, (n,)))
+
+def shard_nbytes(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> int:
+    """Bytes (as stored) of every slice this rank reads."""
+    plan = shard_reads(config, layout)
+    groups = [g for i in range(config.num_hidden_layers) for g in plan[i].values()]
+    groups += [plan["embed"], plan["lm_head"], plan["norm"]]
+    return sum(ckpt.slice_nbytes(*read) for group in groups for read in group)
+
+
+def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> ShardWeights:
+    """Read this rank's slices (and nothing else) of every tensor, following shard_reads' plan."""
+    plan = shard_reads(config, layout)
+
+    def one(read):
+        name, shape, rows, cols = read
+        return ckpt.read(name, shape, rows=rows, cols=cols)
+
+    def fused(reads):
+        return _fused(ckpt, [(name, shape, rows) for name, shape, rows, _ in reads], config.hidden_size)
 
     layers = []
     for i in range(config.num_hidden_layers):
-        p = f"model.layers.{i}."
+        r = plan[i]
         layers.append(
             LayerWeights(
-                input_layernorm_D=vec(p + "input_layernorm.weight", D),
-                post_attention_layernorm_D=vec(p + "post_attention_layernorm.weight", D),
-                q_norm_K=vec(p + "self_attn.q_norm.weight", K),
-                k_norm_K=vec(p + "self_attn.k_norm.weight", K),
-                qkv_proj=_fused(
-                    ckpt,
-                    [
-                        (p + "self_attn.q_proj.weight", (Hq * K, D), heads),
-                        (p + "self_attn.k_proj.weight", (Hkv * K, D), kv),
-                        (p + "self_attn.v_proj.weight", (Hkv * K, D), kv),
-                    ],
-                    D,
-                ),
-                o_proj=_matrix(ckpt.read(p + "self_attn.o_proj.weight", (D, Hq * K), cols=heads)),
-                gate_up_proj=_fused(
-                    ckpt,
-                    [(p + "mlp.gate_proj.weight", (I, D), layout.ffn), (p + "mlp.up_proj.weight", (I, D), layout.ffn)],
-                    D,
-                ),
-                down_proj=_matrix(ckpt.read(p + "mlp.down_proj.weight", (D, I), cols=layout.ffn)),
+                input_layernorm_D=as_f32(one(*r["input_layernorm_D"])),
+                post_attention_layernorm_D=as_f32(one(*r["post_attention_layernorm_D"])),
+                q_norm_K=as_f32(one(*r["q_norm_K"])),
+                k_norm_K=as_f32(one(*r["k_norm_K"])),
+                qkv_proj=fused(r["qkv_proj"]),
+                o_proj=_matrix(one(*r["o_proj"])),
+                gate_up_proj=fused(r["gate_up_proj"]),
+                down_proj=_matrix(one(*r["down_proj"])),
             )
         )
-    embed = _matrix(ckpt.read("model.embed_tokens.weight", (Vg, D), rows=layout.vocab))
-    if config.tie_word_embeddings:
-        lm_head = embed
-    else:
-        lm_head = _matrix(ckpt.read("lm_head.weight", (Vg, D), rows=layout.vocab))
-    return ShardWeights(embed.w_OI, lm_head, vec("model.norm.weight", D), layers)
+    embed = _matrix(one(*plan["embed"]))
+    lm_head = _matrix(one(*plan["lm_head"])) if plan["lm_head"] else embed
+    return ShardWeights(embed.w_OI, lm_head, as_f32(one(*plan["norm"])), layers)
 
 
 class Model:

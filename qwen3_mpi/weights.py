@@ -85,6 +85,7 @@ class Checkpoint:
                 )
                 hint = f" (pickle checkpoints such as {pickles[0]} are never loaded)" if pickles else ""
                 raise UserError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+        self.on_read = None  # called with the bytes of each slice read (progress reports)
         self.tensors: dict[str, TensorInfo] = {}
         for name in files:
             self.tensors.update(_read_header(model_dir / name))
@@ -99,6 +100,14 @@ class Checkpoint:
         if t.dtype not in _RAW_DTYPES:
             raise UserError(f"{t.file}: tensor {name} has dtype {t.dtype}; supported: BF16, F16, F32")
         return t
+
+    def slice_nbytes(self, name: str, shape: tuple[int, ...], rows=None, cols=None) -> int:
+        """Bytes (as stored) of the [rows, cols] slice that read() would return."""
+        t = self.info(name, shape)
+        n_rows, n_cols = (1, shape[0]) if len(shape) == 1 else shape
+        r0, r1 = rows or (0, n_rows)
+        c0, c1 = cols or (0, n_cols)
+        return (r1 - r0) * (c1 - c0) * _RAW_DTYPES[t.dtype].itemsize
 
     def raw_dtype(self, name: str, shape: tuple[int, ...]) -> np.dtype:
         """The in-memory dtype read() returns for this tensor (checking its presence and shape)."""
@@ -133,6 +142,8 @@ class Checkpoint:
                     out[r - r0 : r - r0 + n] = chunk[:n, c0:c1]
         finally:
             os.close(fd)
+        if self.on_read is not None:
+            self.on_read(out.nbytes)
         if t.dtype == "F16":
             out = out.astype(np.float32)
         return out.reshape(-1) if len(t.shape) == 1 else out

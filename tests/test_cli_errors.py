@@ -5,9 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
-
 from conftest import CONFIGS_DIR, SMALL_DEMO_CONFIG, run_cli
+from safetensors.numpy import load_file, save_file
 
 TIMEOUT = 120
 
@@ -39,8 +38,11 @@ def test_more_ranks_than_heads(f32_copy):
     assert not (f32_copy / "x.npy").exists()
 
 
+@pytest.mark.parametrize("progress", [False, True], ids=["json", "progress-bar"])
 @pytest.mark.parametrize("change", ["missing", "shape"])
-def test_bad_tensor_is_named(f32_copy, change):
+def test_bad_tensor_is_named(f32_copy, change, progress):
+    """Also with the loading progress bar on (every rank reports to rank 0 while loading): a rank that
+    fails still ends its reports, so nobody waits."""
     path = f32_copy / "model.safetensors"
     tensors = load_file(str(path))
     name = "model.layers.1.mlp.down_proj.weight"
@@ -51,7 +53,8 @@ def test_bad_tensor_is_named(f32_copy, change):
         tensors[name] = np.zeros((3, 3), np.float32)
         message = f"model.safetensors: tensor {name} has shape [3, 3], expected [64, 96]"
     save_file(tensors, str(path))
-    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", "1,2", "--json"], ranks=2, timeout=TIMEOUT)
+    args = ["generate", "-m", str(f32_copy), "--prompt-ids", "1,2"] + ([] if progress else ["--json"])
+    proc = run_cli(args, ranks=2, timeout=TIMEOUT, env={"TERM": "xterm" if progress else "dumb"})
     assert_clean_failure(proc, message)
 
 

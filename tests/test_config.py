@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import CONFIGS_DIR
+
 from qwen3_mpi.config import Qwen3Config
 from qwen3_mpi.errors import UserError
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import run_cli
 
 SAMPLED = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.9", "--seed", "11"]
@@ -143,3 +142,13 @@ def test_chat_context_full(small_demo):
     assert proc.returncode == 0, proc.stderr
     assert "context full: the conversation needs" in proc.stderr
     assert proc.stderr.count("ms/token") == 1  # the short turn still ran
+
+
+def test_loading_progress_covers_every_rank(small_demo):
+    args = ["generate", "-m", str(small_demo), "--prompt-ids", "1,2,3", "-n", "2"]
+    proc = run_cli(args, ranks=3, env={"TERM": "xterm"})
+    assert proc.returncode == 0, proc.stderr
+    assert "loading weights" in proc.stderr and "100%" in proc.stderr.replace("\r", "\n")
+    quiet = run_cli([*args, "--json"], ranks=3, env={"TERM": "xterm"})
+    assert quiet.returncode == 0 and "loading weights" not in quiet.stderr
+    assert "loading weights" not in run_cli([*args, "--no-progress"], ranks=3, env={"TERM": "xterm"}).stderr

@@ -1,8 +1,8 @@
 """The sharding plan: every rank count from 1 to num_attention_heads covers everything exactly once."""
 
 import pytest
-
 from conftest import CONFIGS_DIR
+
 from qwen3_mpi.config import Qwen3Config, ShardLayout
 from qwen3_mpi.errors import UserError
 

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import GREEDY_TOKENS, PROMPT_IDS, ROOT
 
 SUBNET = f"10.77.{os.getpid() % 200 + 20}"

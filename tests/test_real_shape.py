@@ -3,7 +3,6 @@ ours at 1 to 4 ranks against transformers' fp32 logits."""
 
 import numpy as np
 import pytest
-
 from conftest import CONFIGS_DIR, FIGURES, run_cli
 
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 0, 151645, 198, 151644, 77091, 198]

@@ -4,8 +4,8 @@ import io
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import TOKENIZER_DIR
+
 from qwen3_mpi.textstream import TextStream
 from qwen3_mpi.tokenizer import Tokenizer
 

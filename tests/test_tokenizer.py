@@ -1,8 +1,8 @@
 """Our ids equal transformers' for the real Qwen3 tokenizer, plain and chat-templated."""
 
 import pytest
-
 from conftest import TOKENIZER_DIR
+
 from qwen3_mpi.errors import UserError
 from qwen3_mpi.tokenizer import Tokenizer
 

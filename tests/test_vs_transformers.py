@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli
 
 TOLERANCE = 1e-3

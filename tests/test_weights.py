@@ -77,3 +77,21 @@ def test_truncated_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data[:-10])
     with pytest.raises(UserError, match="tensor x extends past the end of the file"):
         Checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["tied-gqa2-bf16", "untied-gqa1-f32", "gqa4-sharded-bf16"])
+def test_planned_bytes_are_the_bytes_read(checkpoints, name):
+    """shard_nbytes (the progress bar's total) equals what load_shard reads, on every rank of N."""
+    from qwen3_mpi.config import Qwen3Config, ShardLayout
+    from qwen3_mpi.model import load_shard, shard_nbytes
+
+    directory, _ = checkpoints[name]
+    config = Qwen3Config.from_hf(directory)
+    for size in (1, 3, 4):
+        for rank in range(size):
+            layout = ShardLayout.for_rank(config, rank, size)
+            ckpt = Checkpoint(directory)
+            counted = []
+            ckpt.on_read = counted.append
+            load_shard(ckpt, config, layout)
+            assert sum(counted) == shard_nbytes(ckpt, config, layout)
