@@ -270,51 +270,49 @@ def chat(args, comm: Comm) -> None:
     sampler = Sampler(params, seed)
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages, cached = list(system), []  # cached: the ids whose keys and values are in the cache
-    try:
-        while (line := _read_line(marker=not args.json)) is not None:
-            text = line.strip()
-            if not text:
-                continue
-            if text == "/exit":
-                break
-            if text == "/reset":
-                messages, cached = list(system), []
-                _log(comm, "conversation reset")
-                continue
-            turn = [*messages, {"role": "user", "content": line.rstrip("\n")}]
-            ids = tokenizer.apply_chat_template(turn, **_template_options(args))
-            if len(ids) >= max_context:
-                _log(comm, f"context full: the conversation needs {len(ids)} of {max_context} positions; /reset")
-                continue
-            keep = min(_common_prefix(cached, ids), len(ids) - 1)
-            comm.bcast(True)
-            stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
-            gen = engine.generate(
-                ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, pos0=keep, context_ids=ids[:keep]
-            )
-            stream.flush()
-            if args.json:
-                turn_result = {
-                    "conversation_ids": ids,
-                    "reused_positions": keep,
-                    "output_ids": gen.output_ids,
-                    "text": stream.visible_text,
-                    "finish_reason": gen.finish_reason,
-                    "prefill_tokens": len(gen.prompt_ids),
-                    "prefill_s": gen.prefill_s,
-                    "decode_tokens": gen.decode_steps,
-                    "decode_s": gen.decode_s,
-                }
-                print(json.dumps(turn_result), flush=True)
-            else:
-                print(flush=True)
-            cached = ids + gen.output_ids[:-1]  # the last token was drawn but never run through the model
-            messages = [*turn, {"role": "assistant", "content": stream.text}]
-            _log(comm, f"[{keep} positions reused] " + _stats_line(gen, None))
-            if gen.finish_reason == "context":
-                _log(comm, f"context full ({max_context} positions): /reset to start a new conversation")
-    finally:
-        comm.bcast(False)
+    while (line := _read_line(marker=not args.json)) is not None:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            messages, cached = list(system), []
+            _log(comm, "conversation reset")
+            continue
+        turn = [*messages, {"role": "user", "content": line.rstrip("\n")}]
+        ids = tokenizer.apply_chat_template(turn, **_template_options(args))
+        if len(ids) >= max_context:
+            _log(comm, f"context full: the conversation needs {len(ids)} of {max_context} positions; /reset")
+            continue
+        keep = min(_common_prefix(cached, ids), len(ids) - 1)
+        comm.bcast(True)
+        stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
+        gen = engine.generate(
+            ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, pos0=keep, context_ids=ids[:keep]
+        )
+        stream.flush()
+        if args.json:
+            turn_result = {
+                "conversation_ids": ids,
+                "reused_positions": keep,
+                "output_ids": gen.output_ids,
+                "text": stream.visible_text,
+                "finish_reason": gen.finish_reason,
+                "prefill_tokens": len(gen.prompt_ids),
+                "prefill_s": gen.prefill_s,
+                "decode_tokens": gen.decode_steps,
+                "decode_s": gen.decode_s,
+            }
+            print(json.dumps(turn_result), flush=True)
+        else:
+            print(flush=True)
+        cached = ids + gen.output_ids[:-1]  # the last token was drawn but never run through the model
+        messages = [*turn, {"role": "assistant", "content": stream.text}]
+        _log(comm, f"[{keep} positions reused] " + _stats_line(gen, None))
+        if gen.finish_reason == "context":
+            _log(comm, f"context full ({max_context} positions): /reset to start a new conversation")
+    comm.bcast(False)  # the other ranks leave their loop (on an error, the job is aborted instead)
 
 
 def _read_line(marker: bool) -> str | None:
