@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         think.add_argument("--no-think", dest="think", action="store_false", help="enable_thinking=False")
         p.add_argument("--hide-thinking", action="store_true", help="do not show the <think>...</think> block")
+        p.add_argument("--tools", metavar="FILE", help="JSON list of tool schemas for the chat template")
         p.add_argument("-n", "--max-new-tokens", type=_positive, default=128, help="per answer (default 128)")
         p.add_argument("--temperature", type=float, help="0 = greedy (default: generation_config.json, else 0)")
         p.add_argument("--top-k", type=int, help="default: generation_config.json, else off (0)")

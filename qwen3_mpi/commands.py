@@ -133,8 +133,18 @@ def _prepare_prompt(args, model_dir: Path, config: Qwen3Config):
 
 
 def _template_options(args) -> dict:
-    """Variables for the chat template: enable_thinking only when --think / --no-think was given."""
-    return {} if args.think is None else {"enable_thinking": args.think}
+    """Variables for the chat template: enable_thinking when --think / --no-think was given, tools from
+    --tools (a JSON list of function schemas, as transformers' apply_chat_template takes them)."""
+    options = {} if args.think is None else {"enable_thinking": args.think}
+    if args.tools:
+        try:
+            tools = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--tools {args.tools}: cannot be read as JSON ({e})") from None
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise UserError(f"--tools {args.tools}: expected a JSON list of tool (function) schemas")
+        options["tools"] = tools
+    return options
 
 
 SAMPLING_RULES = {  # flag: (attribute, check, what the check requires)
@@ -337,6 +347,7 @@ def _chat_setup(args, model_dir: Path, config: Qwen3Config):
     from .tokenizer import Tokenizer
 
     tokenizer = Tokenizer(model_dir)
+    _template_options(args)  # a bad --tools file is refused now, not at the first turn
     if not tokenizer.has_chat_template:
         raise UserError(f"{model_dir}: chat needs a chat template (tokenizer_config.json or chat_template.jinja)")
     defaults = generation_defaults(model_dir)

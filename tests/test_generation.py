@@ -152,3 +152,64 @@ def test_loading_progress_covers_every_rank(small_demo):
     quiet = run_cli([*args, "--json"], ranks=3, env={"TERM": "xterm"})
     assert quiet.returncode == 0 and "loading weights" not in quiet.stderr
     assert "loading weights" not in run_cli([*args, "--no-progress"], ranks=3, env={"TERM": "xterm"}).stderr
+
+
+@pytest.fixture(scope="module")
+def with_real_tokenizer(small_demo, tmp_path_factory):
+    """The small demo weights with the real Qwen3 tokenizer and chat template beside them."""
+    import shutil
+
+    from conftest import TOKENIZER_DIR
+
+    directory = tmp_path_factory.mktemp("real-tokenizer")
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        (directory / name).symlink_to(small_demo / name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, directory / name)
+    return directory
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "template_kwargs"),
+    [
+        ([], {}),
+        (["--no-think"], {"enable_thinking": False}),
+        (["--think"], {"enable_thinking": True}),
+        (["--tools"], {"tools": TOOLS}),
+    ],
+    ids=["default", "no-think", "think", "tools"],
+)
+def test_prompt_flags_give_transformers_ids(with_real_tokenizer, tmp_path, flags, template_kwargs):
+    from transformers import AutoTokenizer
+
+    if flags == ["--tools"]:
+        (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+        flags = ["--tools", str(tmp_path / "tools.json")]
+    args = ["generate", "-m", str(with_real_tokenizer), "-p", "Wie spät ist es in 東京?", "-s", "Be brief."]
+    proc = run_cli([*args, "-n", "2", "--json", *flags], ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    hf = AutoTokenizer.from_pretrained(with_real_tokenizer)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Wie spät ist es in 東京?"}]
+    expect = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
+    if hasattr(expect, "keys"):
+        expect = expect["input_ids"]
+    assert json.loads(proc.stdout)["prompt_ids"] == list(expect)
+
+
+def test_bad_tools_file_is_named(small_demo, tmp_path):
+    bad = tmp_path / "tools.json"
+    bad.write_text("{not json")
+    proc = run_cli(["generate", "-m", str(small_demo), "-p", "Hi", "--tools", str(bad)], ranks=2, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count(f"--tools {bad}: cannot be read as JSON") == 1
