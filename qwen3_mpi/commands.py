@@ -327,13 +327,15 @@ def chat(args, comm: Comm) -> None:
 
 def _read_line(marker: bool) -> str | None:
     """The next user line (None at the end of input). Under mpirun stdin is a pipe even at a terminal,
-    so the prompt marker is always printed (unless --json) and a blank line follows what was typed."""
+    so the prompt marker is always printed (unless --json). It goes to stderr, after the previous
+    turn's timings there: mpirun forwards stdout and stderr separately, so only within one stream is
+    the order kept."""
     if marker:
-        sys.stdout.write("> ")
-        sys.stdout.flush()
+        sys.stderr.write("> ")
+        sys.stderr.flush()
     line = sys.stdin.readline()
-    if marker and (not line or not sys.stdin.isatty()):
-        print(flush=True)
+    if marker and not line:
+        sys.stderr.write("\n")
     return line or None
 
 
