@@ -298,9 +298,11 @@ def chat(args, comm: Comm) -> None:
         keep = min(_common_prefix(cached, ids), len(ids) - 1)
         comm.bcast(True)
         stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
-        gen = engine.generate(
-            ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, pos0=keep, context_ids=ids[:keep]
-        )
+        new = len(ids) - keep
+        with progress.bar(progress.wanted(args) and new >= 2 * model.max_tokens, new, "prefill", "tokens") as bar:
+            gen = engine.generate(
+                ids[keep:], args.max_new_tokens, params, sampler, stop_ids, stream, keep, ids[:keep], bar
+            )
         stream.flush()
         if args.json:
             turn_result = {

@@ -107,9 +107,18 @@ class LoadProgress:
 
 @contextmanager
 def bar(enabled: bool, total: int, desc: str, unit: str):
-    """A plain bar on rank 0: yields update(n), or None when not enabled."""
+    """A plain bar on rank 0: yields update(n), or None when not enabled; it closes at total."""
     if not enabled:
         yield None
         return
-    with _bar(total, desc, unit) as b:
-        yield b.update
+    b = _bar(total, desc, unit)
+
+    def update(n: int) -> None:
+        b.update(n)
+        if b.n >= total:  # gone before anything else (the generated text) is printed
+            b.close()
+
+    try:
+        yield update
+    finally:
+        b.close()

@@ -152,6 +152,8 @@ def test_loading_progress_covers_every_rank(small_demo):
     quiet = run_cli([*args, "--json"], ranks=3, env={"TERM": "xterm"})
     assert quiet.returncode == 0 and "loading weights" not in quiet.stderr
     assert "loading weights" not in run_cli([*args, "--no-progress"], ranks=3, env={"TERM": "xterm"}).stderr
+    chunked = run_cli([*args, "--prompt-ids", ",".join(["7"] * 12), "--prefill-chunk", "4"], env={"TERM": "xterm"})
+    assert chunked.returncode == 0 and "prefill:   0%" in chunked.stderr  # 3 chunks of 4: a bar
 
 
 @pytest.fixture(scope="module")
