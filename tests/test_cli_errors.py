@@ -163,3 +163,76 @@ def test_threads_default_to_node_cores_over_local_ranks(f32_copy, ranks, flag):
     assert proc.returncode == 0, proc.stderr
     expect = int(flag) if flag else max(1, len(os.sched_getaffinity(0)) // ranks)
     assert json.loads(proc.stdout)["threads_per_rank"] == expect
+
+
+def _run_generate(directory, *extra, ranks=2):
+    return run_cli(["generate", "-m", str(directory), "--prompt-ids", "1,2", "-n", "2", *extra], ranks=ranks, timeout=TIMEOUT)
+
+
+def test_config_missing_or_malformed(f32_copy):
+    (f32_copy / "config.json").write_text("{ this is not json")
+    assert_clean_failure(_run_generate(f32_copy), f"{f32_copy / 'config.json'}: not valid JSON")
+    (f32_copy / "config.json").unlink()
+    assert_clean_failure(_run_generate(f32_copy), f"{f32_copy / 'config.json'}: file not found")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt-header"])
+def test_damaged_safetensors_file(f32_copy, damage):
+    path = f32_copy / "model.safetensors"
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+        message = "extends past the end of the file (truncated?)"
+    else:
+        path.write_bytes(data[:8] + b"#" * 16 + data[24:])
+        message = f"{path}: not a safetensors file (bad header)"
+    assert_clean_failure(_run_generate(f32_copy), message)
+
+
+def test_index_names_a_tensor_its_file_lacks(checkpoints, tmp_path):
+    import ml_dtypes  # noqa: F401  (numpy's bfloat16, for safetensors.numpy)
+
+    directory = tmp_path / "model"
+    shutil.copytree(checkpoints["gqa4-sharded-bf16"][0], directory)
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    name = "model.layers.4.self_attn.o_proj.weight"
+    file = directory / index["weight_map"][name]
+    tensors = load_file(str(file))
+    del tensors[name]
+    save_file(tensors, str(file))
+    assert_clean_failure(_run_generate(directory), f"tensor {name} is missing from the checkpoint")
+
+
+def test_wrong_dtype_is_named(f32_copy):
+    path = f32_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    tensors[name] = tensors[name].astype(np.int32)
+    save_file(tensors, str(path))
+    assert_clean_failure(_run_generate(f32_copy), f"tensor {name} has dtype I32; supported: BF16, F16, F32")
+
+
+def test_only_pickle_weights_are_refused_unread(f32_copy):
+    (f32_copy / "model.safetensors").unlink()
+    sentinel = f32_copy / "unpickled"
+    import pickle
+
+    class Bomb:  # unpickling this would create the sentinel file
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    (f32_copy / "pytorch_model.bin").write_bytes(pickle.dumps(Bomb()))
+    assert_clean_failure(_run_generate(f32_copy), "pickle checkpoints such as pytorch_model.bin are never loaded")
+    assert not sentinel.exists()
+
+
+def test_prompt_longer_than_the_context(f32_copy):
+    ids = ",".join(["5"] * 300)  # max_position_embeddings is 256
+    proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", ids], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, "the prompt has 300 tokens, leaving no room in a context of 256")
+
+
+def test_unreadable_tokenizer(f32_copy):
+    (f32_copy / "tokenizer.json").write_text('{"version": "1.0", "model": 42}')
+    proc = run_cli(["generate", "-m", str(f32_copy), "-p", "hello"], ranks=2, timeout=TIMEOUT)
+    assert_clean_failure(proc, f"{f32_copy / 'tokenizer.json'}: cannot be read as a tokenizer")
