@@ -151,6 +151,9 @@ class Comm:
     def max(self, value: float) -> float:
         return self.world.allreduce(value, op=MPI.MAX) if self.size > 1 else value
 
+    def allgather(self, obj) -> list:
+        return self.world.allgather(obj) if self.size > 1 else [obj]
+
     def gather(self, obj):
         return self.world.gather(obj, root=0)
 

@@ -23,7 +23,7 @@ from .errors import UserError
 from .model import Model, load_shard, shard_nbytes
 from .sampling import Sampler, SamplingParams
 from .textstream import TextStream
-from .weights import Checkpoint
+from .weights import Checkpoint, fingerprint
 
 
 def _log(comm: Comm, message: str) -> None:
@@ -62,8 +62,36 @@ def _raise(message: str):
     raise UserError(message)
 
 
+def _same_checkpoint(comm: Comm, model_dir: Path) -> None:
+    """Every rank must see the checkpoint rank 0 sees (same files, sizes and headers)."""
+    import socket
+
+    mine = (socket.gethostname(), fingerprint(model_dir))
+    everyone = comm.allgather(mine)
+    host0, files0 = everyone[0]
+    for rank, (host, files) in enumerate(everyone[1:], start=1):
+        if files == files0:
+            continue
+        theirs, ours = dict((n, (s, h)) for n, s, h in files), dict((n, (s, h)) for n, s, h in files0)
+        for name in sorted(set(theirs) | set(ours)):
+            a, b = ours.get(name), theirs.get(name)
+            if a == b:
+                continue
+            if a is None or b is None:
+                what = f"{name} exists on {'rank 0' if a else f'rank {rank}'} only"
+            elif a[0] != b[0]:
+                what = f"{name} is {a[0]} bytes on rank 0, {b[0]} on rank {rank}"
+            else:
+                what = f"{name} has different headers (tensors) on rank 0 and rank {rank}"
+            raise UserError(
+                f"rank {rank} (host {host}) and rank 0 (host {host0}) see different checkpoints at {model_dir}: "
+                f"{what}; every node needs the same files at the same path"
+            )
+
+
 def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: int, max_tokens: int):
     """Layout and this rank's weights (errors agreed on), the warmed-up Model, and the load time."""
+    comm.agree(_same_checkpoint, comm, model_dir)
     layout = comm.agree(ShardLayout.for_rank, config, comm.rank, comm.size)
     show = comm.bcast(progress.wanted(args) if comm.is_root else None)
     comm.barrier()

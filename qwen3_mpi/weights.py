@@ -11,6 +11,7 @@ widened to f32 (numba has no fast f16 path).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -147,6 +148,30 @@ class Checkpoint:
         if t.dtype == "F16":
             out = out.astype(np.float32)
         return out.reshape(-1) if len(t.shape) == 1 else out
+
+
+def fingerprint(model_dir: str | Path) -> list[tuple[str, int, str]]:
+    """(file, size, sha256 of its first bytes) for config.json, the index and every .safetensors file:
+    for a safetensors file the first bytes are its header (names, dtypes, shapes, offsets), so two
+    copies that agree here hold the same tensors in the same places. Cheap: no tensor data is read."""
+    model_dir = Path(model_dir)
+    names = ["config.json", "model.safetensors.index.json", *sorted(p.name for p in model_dir.glob("*.safetensors"))]
+    result = []
+    for name in names:
+        path = model_dir / name
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(8)
+                if name.endswith(".safetensors") and len(head) == 8:
+                    (n,) = struct.unpack("<Q", head)
+                    head += f.read(min(n, 100_000_000))
+                else:
+                    head += f.read()
+        except FileNotFoundError:
+            continue
+        result.append((name, size, hashlib.sha256(head).hexdigest()[:16]))
+    return result
 
 
 def _pread_into(fd: int, out: np.ndarray, offset: int, path: Path, name: str) -> None:

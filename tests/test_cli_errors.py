@@ -236,3 +236,29 @@ def test_unreadable_tokenizer(f32_copy):
     (f32_copy / "tokenizer.json").write_text('{"version": "1.0", "model": 42}')
     proc = run_cli(["generate", "-m", str(f32_copy), "-p", "hello"], ranks=2, timeout=TIMEOUT)
     assert_clean_failure(proc, f"{f32_copy / 'tokenizer.json'}: cannot be read as a tokenizer")
+
+
+@pytest.mark.parametrize("change", ["tensor", "missing-file"])
+def test_ranks_seeing_different_checkpoints_stop(f32_copy, tmp_path, change):
+    """Two ranks started on different directories (MPMD launch), as two nodes with different copies
+    would be: stopped before loading, naming the file, the ranks and their hosts."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "other"
+    shutil.copytree(f32_copy, other)
+    if change == "tensor":
+        tensors = load_file(str(other / "model.safetensors"))
+        tensors["model.norm.weight"] = tensors["model.norm.weight"][:-1].copy()
+        save_file(tensors, str(other / "model.safetensors"))
+        message = "model.safetensors is"
+    else:
+        (other / "config.json").unlink()
+        (other / "config.json").symlink_to(f32_copy / "config.json")  # same config, one file more
+        (other / "model-extra.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+        message = "model-extra.safetensors exists on rank 1 only"
+    rank = [sys.executable, "-m", "qwen3_mpi", "generate", "--prompt-ids", "1,2", "-n", "2", "-m"]
+    cmd = ["mpirun", "-n", "1", *rank, str(f32_copy), ":", "-n", "1", *rank, str(other)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    assert_clean_failure(proc, "rank 1 (host ")
+    assert message in proc.stderr and "see different checkpoints" in proc.stderr
