@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +11,10 @@ from .comm import Comm
 from .model import Model
 from .sampling import Sampler, SamplingParams, best, penalize
 
-FINISH_REASONS = ("stop", "length", "context")  # end-of-sequence or --stop text; max new tokens; cache full
+FINISH_REASONS = ("stop", "length", "context")
+
+# "RANK:STEP": that rank raises at that decode step (for the tests that show a failing rank ends the job)
+_FAULT = tuple(int(v) for v in os.environ["QWEN3_MPI_FAULT"].split(":")) if os.environ.get("QWEN3_MPI_FAULT") else None  # end-of-sequence or --stop text; max new tokens; cache full
 
 
 @dataclass
@@ -117,6 +121,8 @@ class Engine:
             history.append(int(step[0]))
             if step[1]:
                 break
+            if _FAULT == (comm.rank, gen.decode_steps):
+                raise RuntimeError(f"injected fault (QWEN3_MPI_FAULT) on rank {comm.rank} at decode step {_FAULT[1]}")
             local = self.model.forward(step[:1].copy(), pos, gather=False)
             pos += 1
             gen.decode_steps += 1
