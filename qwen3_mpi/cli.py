@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--prefill-chunk", type=_positive, default=512, help="prompt tokens per forward call (default 512)"
         )
         p.add_argument(
+            "--profile",
+            action="store_true",
+            help="per rank and phase: compute, waiting for the slowest rank, collectives, bytes sent per token",
+        )
+        p.add_argument(
             "--no-progress",
             dest="progress",
             action="store_false",
@@ -176,6 +181,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         comm.combine_method = args.combine
+        comm.profile = args.profile
         _set_threads(comm, args.threads)
         from . import commands
 

@@ -15,18 +15,36 @@ from .errors import UserError
 from .kernels import add_partials
 
 
-def _timed(method):
-    """Adds the call's wall time to self.collective_s (the time this rank spends in collectives)."""
+def _timed(payload):
+    """Adds the call's wall time to self.collective_s (the time this rank spends in collectives). With
+    profiling on, a barrier first separates waiting for the slowest rank from the collective itself,
+    and the bytes this rank contributes (payload(*args)) are counted, per phase."""
 
-    def timed(self, *args, **kwargs):
-        t0 = MPI.Wtime()
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.collective_s += MPI.Wtime() - t0
+    def decorate(method):
+        def timed(self, *args, **kwargs):
+            t0 = MPI.Wtime()
+            if self.profile and self.size > 1:
+                self.world.Barrier()
+            t1 = MPI.Wtime()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                t2 = MPI.Wtime()
+                self.collective_s += t2 - t0
+                if self.profile:
+                    stats = self.profile_stats.setdefault(self.phase, dict.fromkeys(PROFILE_KEYS, 0))
+                    stats["wait_s"] += t1 - t0
+                    stats["collective_s"] += t2 - t1
+                    stats["bytes_sent"] += payload(self, *args) if self.size > 1 else 0
+                    stats["calls"] += 1
 
-    timed.__name__, timed.__doc__ = method.__name__, method.__doc__
-    return timed
+        timed.__name__, timed.__doc__ = method.__name__, method.__doc__
+        return timed
+
+    return decorate
+
+
+PROFILE_KEYS = ("wait_s", "collective_s", "bytes_sent", "calls")
 
 
 class AgreedError(Exception):
@@ -45,6 +63,9 @@ class Comm:
         self.combine_method = "allgather"
         self._gathered = None
         self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
+        self.profile = False  # --profile: per-phase waiting, collective time and bytes
+        self.profile_stats: dict[str, dict] = {}
+        self.phase = "other"
         self._sent = []
 
     @property
@@ -73,7 +94,7 @@ class Comm:
         os._exit(code)
 
     # --- the forward pass
-    @_timed
+    @_timed(lambda self, x_TD, part_TD: part_TD.nbytes * (self.size - 1))  # to every other rank
     def combine(self, x_TD: np.ndarray, part_TD: np.ndarray) -> None:
         """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
         every rank. 'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
@@ -91,7 +112,7 @@ class Comm:
         self.world.Allgather(part_TD, gathered_RTD)
         add_partials(x_TD, gathered_RTD)
 
-    @_timed
+    @_timed(lambda self, local_TV, counts: 0 if self.is_root else local_TV.nbytes)
     def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:
         """Column blocks [T, V_r] of every rank -> [T, sum V_r] on rank 0 (None elsewhere)."""
         T = local_TV.shape[0]
@@ -109,7 +130,7 @@ class Comm:
             start += T * c
         return np.concatenate(blocks, axis=1)
 
-    @_timed
+    @_timed(lambda self, local: 0 if self.is_root else local.nbytes)
     def gather_rows(self, local: np.ndarray) -> np.ndarray | None:
         """Every rank's float64 array of the same shape -> [ranks, ...] on rank 0 (None elsewhere)."""
         if self.size == 1:
@@ -135,7 +156,7 @@ class Comm:
         obj = self.world.recv(source=MPI.ANY_SOURCE, tag=tag, status=status)
         return status.Get_source(), obj
 
-    @_timed
+    @_timed(lambda self, values: values.nbytes if self.is_root else 0)
     def bcast_ints(self, values: np.ndarray) -> np.ndarray:
         """Rank 0's int64 array (same length on every rank) to every rank."""
         if self.size > 1:

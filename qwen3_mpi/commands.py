@@ -215,6 +215,42 @@ def _sampling(args, defaults: dict) -> SamplingParams:
     return params
 
 
+def _profile(comm: Comm, gen) -> dict:
+    """This rank's time per phase: wall, waiting for the slowest rank (a barrier before each collective),
+    inside collectives, and computing (the rest); bytes its data crossed to other ranks, per token."""
+    import socket
+
+    phases = {}
+    for phase, wall, tokens in (("prefill", gen.prefill_s, len(gen.prompt_ids)), ("decode", gen.decode_s, gen.decode_steps)):
+        stats = comm.profile_stats.get(phase, {})
+        wait, coll = stats.get("wait_s", 0.0), stats.get("collective_s", 0.0)
+        phases[phase] = {
+            "tokens": tokens,
+            "wall_s": wall,
+            "compute_s": wall - wait - coll,
+            "wait_s": wait,
+            "collective_s": coll,
+            "collectives": stats.get("calls", 0),
+            "bytes_sent_per_token": stats.get("bytes_sent", 0) / tokens if tokens else 0.0,
+        }
+    return {"rank": comm.rank, "host": socket.gethostname(), **phases}
+
+
+def _profile_table(profile: list[dict]) -> list[str]:
+    lines = [
+        "rank  host              phase    tokens   wall ms  compute ms  wait ms  collective ms  calls  bytes/token",
+    ]
+    for p in profile:
+        for phase in ("prefill", "decode"):
+            q = p[phase]
+            lines.append(
+                f"{p['rank']:>4}  {p['host'][:16]:16}  {phase:7}  {q['tokens']:>6}  {q['wall_s'] * 1e3:8.1f}  "
+                f"{q['compute_s'] * 1e3:10.1f}  {q['wait_s'] * 1e3:7.1f}  {q['collective_s'] * 1e3:13.1f}  "
+                f"{q['collectives']:>5}  {q['bytes_sent_per_token']:11.0f}"
+            )
+    return lines
+
+
 def _stats_line(gen, load_s: float | None) -> str:
     """One line in the spirit of llama.cpp's timings."""
     prefill_tps = len(gen.prompt_ids) / gen.prefill_s if gen.prefill_s else 0.0
@@ -243,6 +279,7 @@ def generate(args, comm: Comm) -> None:
         engine.generate(None, 0, None, None, set())
         comm.gather(peak_rss_mb())
         comm.gather(model.weights.nbytes / 2**20)
+        comm.gather(_profile(comm, engine.last) if args.profile else None)
         return
     (ids, tokenizer, params, seed, stop_ids), _ = setup
     stream = TextStream(tokenizer, args.stop, args.hide_thinking, None if args.json else sys.stdout)
@@ -252,6 +289,7 @@ def generate(args, comm: Comm) -> None:
         gen = engine.generate(ids, args.max_new_tokens, params, Sampler(params, seed), stop_ids, on_token, progress=bar)
     rss = comm.gather(peak_rss_mb())
     weights_mb = comm.gather(model.weights.nbytes / 2**20)
+    profile = comm.gather(_profile(comm, gen) if args.profile else None)
     stream.flush()
     text = stream.visible_text if tokenizer is not None else None
     total = gen.prefill_s + gen.decode_s
@@ -279,10 +317,15 @@ def generate(args, comm: Comm) -> None:
         "peak_rss_mb_per_rank": rss,
         "weights_mb_per_rank": weights_mb,
     }
+    if args.profile:
+        result["profile"] = profile
     if args.json:
         print(json.dumps(result))
         return
     print(flush=True)
+    if args.profile:
+        for line in _profile_table(profile):
+            print(line, file=sys.stderr)
     _log(comm, f"{comm.size} rank(s) x {result['threads_per_rank']} thread(s), {args.attention} attention, seed {seed}")
     _log(comm, _stats_line(gen, load_s))
     _log(comm, f"peak RSS per rank: {', '.join(f'{r:.0f}' for r in rss)} MB")

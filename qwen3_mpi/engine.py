@@ -93,9 +93,11 @@ class Engine:
         params = comm.bcast(params)
         gen = Generation(prompt_ids=ids_T.tolist(), pos0=pos0)
         comm.barrier()
+        comm.phase = "prefill"
         t0 = comm.wtime()
         local = self.prefill(ids_T, pos0, gather=False, progress=progress)
         gen.prefill_s = comm.wtime() - t0
+        comm.phase = "decode"
         t1 = comm.wtime()
         history = context + gen.prompt_ids  # every rank keeps it, for the penalties
         first_new = len(history)
@@ -127,5 +129,7 @@ class Engine:
             pos += 1
             gen.decode_steps += 1
         gen.decode_s = comm.wtime() - t1
+        comm.phase = "other"
         gen.collective_s = comm.collective_s - collective0
+        self.last = gen  # every rank's own timings (for --profile)
         return gen if comm.is_root else None

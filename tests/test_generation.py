@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import SMALL_DEMO_CONFIG, run_cli
 
 SAMPLED = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.9", "--seed", "11"]
 
@@ -215,3 +215,20 @@ def test_bad_tools_file_is_named(small_demo, tmp_path):
     bad.write_text("{not json")
     proc = run_cli(["generate", "-m", str(small_demo), "-p", "Hi", "--tools", str(bad)], ranks=2, timeout=120)
     assert proc.returncode == 1 and proc.stderr.count(f"--tools {bad}: cannot be read as JSON") == 1
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_profile_accounts_for_time_and_bytes(small_demo, ranks):
+    result = generate(small_demo, ["-n", "12", "--profile"], ranks)
+    profile = result["profile"]
+    assert [p["rank"] for p in profile] == list(range(ranks))
+    L, D = SMALL_DEMO_CONFIG["num_hidden_layers"], SMALL_DEMO_CONFIG["hidden_size"]
+    combine = (2 * L + 1) * D * 4 * (ranks - 1)  # two combines per layer and the embedding, to every other rank
+    for p in profile:
+        for phase in ("prefill", "decode"):
+            q = p[phase]
+            assert q["wall_s"] > 0 and q["compute_s"] > 0
+            assert abs(q["compute_s"] + q["wait_s"] + q["collective_s"] - q["wall_s"]) < 1e-9
+        decode = p["decode"]
+        assert decode["tokens"] == 11 and decode["collectives"] >= 11 * (2 * L + 1)
+        assert combine <= decode["bytes_sent_per_token"] <= combine + 64  # plus a token id or a candidate
