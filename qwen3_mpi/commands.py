@@ -221,7 +221,10 @@ def _profile(comm: Comm, gen) -> dict:
     import socket
 
     phases = {}
-    for phase, wall, tokens in (("prefill", gen.prefill_s, len(gen.prompt_ids)), ("decode", gen.decode_s, gen.decode_steps)):
+    for phase, wall, tokens in (
+        ("prefill", gen.prefill_s, len(gen.prompt_ids)),
+        ("decode", gen.decode_s, gen.decode_steps),
+    ):
         stats = comm.profile_stats.get(phase, {})
         wait, coll = stats.get("wait_s", 0.0), stats.get("collective_s", 0.0)
         phases[phase] = {

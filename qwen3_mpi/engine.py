@@ -14,7 +14,9 @@ from .sampling import Sampler, SamplingParams, best, penalize
 FINISH_REASONS = ("stop", "length", "context")
 
 # "RANK:STEP": that rank raises at that decode step (for the tests that show a failing rank ends the job)
-_FAULT = tuple(int(v) for v in os.environ["QWEN3_MPI_FAULT"].split(":")) if os.environ.get("QWEN3_MPI_FAULT") else None  # end-of-sequence or --stop text; max new tokens; cache full
+_FAULT = (
+    tuple(int(v) for v in os.environ["QWEN3_MPI_FAULT"].split(":")) if os.environ.get("QWEN3_MPI_FAULT") else None
+)  # end-of-sequence or --stop text; max new tokens; cache full
 
 
 @dataclass

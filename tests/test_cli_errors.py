@@ -166,7 +166,9 @@ def test_threads_default_to_node_cores_over_local_ranks(f32_copy, ranks, flag):
 
 
 def _run_generate(directory, *extra, ranks=2):
-    return run_cli(["generate", "-m", str(directory), "--prompt-ids", "1,2", "-n", "2", *extra], ranks=ranks, timeout=TIMEOUT)
+    return run_cli(
+        ["generate", "-m", str(directory), "--prompt-ids", "1,2", "-n", "2", *extra], ranks=ranks, timeout=TIMEOUT
+    )
 
 
 def test_config_missing_or_malformed(f32_copy):

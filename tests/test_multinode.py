@@ -1,96 +1,211 @@
-"""Ranks on two hosts: two Linux network namespaces joined by a bridge, so that MPI sees two nodes and
-talks TCP between them (no shared memory), launched through hydra's ssh-style launcher. Needs root and
-iproute2; skipped otherwise, with the reason."""
+"""Ranks on several simulated nodes (scripts/simcluster.sh: a network namespace per node, plus its own
+IPC and UTS namespaces, on one bridge), so MPI sees separate hosts and talks TCP between them. Needs
+root, iproute2 and unshare; skipped otherwise, with the reason. Every namespace, link and rule is
+removed afterwards, also when a test fails."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
-from conftest import GREEDY_TOKENS, PROMPT_IDS, ROOT
 
-SUBNET = f"10.77.{os.getpid() % 200 + 20}"
-LAUNCHER = """#!/bin/sh
-# called like ssh: [options] host command; host {subnet}.N runs in network namespace {prefix}N
-while [ "${{1#-}}" != "$1" ]; do shift; done
-host=$1; shift
-exec ip netns exec "{prefix}${{host##*.}}" sh -c "$*"
-"""
+from conftest import FIGURES, GREEDY_TOKENS, PROMPT_IDS, ROOT, SMALL_DEMO_CONFIG
+
+SCRIPT = ROOT / "scripts" / "simcluster.sh"
+THREADS = ["--threads", "1"]  # the simulated nodes share this machine's cores
 
 
-def sh(*args):
-    subprocess.run(args, check=True, capture_output=True)
+def _can_build() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "unshare", "tc"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+class Cluster:
+    def __init__(self, name: str, nodes: int, *shaping: str):
+        self.name, self.nodes = name, nodes
+        self.env = dict(
+            os.environ, SIMCLUSTER_NAME=name, SIMCLUSTER_SUBNET=f"10.79.{os.getpid() % 100 + nodes * 20 + len(shaping)}"
+        )
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), "up", str(nodes), *shaping], capture_output=True, text=True, env=self.env
+        )
+        self.log = proc.stdout + proc.stderr
+        if proc.returncode != 0:
+            self.down()
+            pytest.skip(f"cannot build a simulated cluster here: {self.log.strip()}")
+
+    def run(self, ranks: int, args: list[str], timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+        cmd = ["bash", str(SCRIPT), "mpirun", "-n", str(ranks), sys.executable, "-m", "qwen3_mpi", *args]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**self.env, **(env or {})}
+        )
+
+    def popen(self, ranks: int, args: list[str], env=None) -> subprocess.Popen:
+        cmd = ["bash", str(SCRIPT), "mpirun", "-n", str(ranks), sys.executable, "-m", "qwen3_mpi", *args]
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**self.env, **(env or {})}
+        )
+
+    def bytes_sent(self) -> list[int]:
+        out = subprocess.run(["bash", str(SCRIPT), "bytes"], capture_output=True, text=True, env=self.env, check=True)
+        return [int(line.split()[1]) for line in out.stdout.splitlines()]
+
+    def down(self) -> None:
+        subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, env=self.env)
+        leftovers = [
+            n
+            for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+            if n.startswith(self.name)
+        ]
+        assert not leftovers, f"namespaces left behind: {leftovers}"
 
 
 @pytest.fixture(scope="module")
-def two_hosts(tmp_path_factory):
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create network namespaces")
-    prefix = f"q3{os.getpid() % 100000}n"
-    bridge = f"q3{os.getpid() % 100000}br"
+def clusters():
+    reason = _can_build()
+    if reason:
+        pytest.skip(reason)
+    made = {}
+
+    def get(nodes: int, *shaping: str) -> Cluster:
+        key = (nodes, *shaping)
+        if key not in made:
+            made[key] = Cluster(f"q3t{os.getpid() % 10000}{len(made)}", nodes, *shaping)
+        return made[key]
+
     try:
-        try:
-            sh("ip", "link", "add", bridge, "type", "bridge")
-            sh("ip", "addr", "add", f"{SUBNET}.254/24", "dev", bridge)
-            sh("ip", "link", "set", bridge, "up")
-            for i in (1, 2):
-                ns, inside, outside = f"{prefix}{i}", f"{prefix}v{i}", f"{prefix}b{i}"
-                sh("ip", "netns", "add", ns)
-                sh("ip", "link", "add", inside, "type", "veth", "peer", "name", outside)
-                sh("ip", "link", "set", inside, "netns", ns)
-                sh("ip", "link", "set", outside, "master", bridge)
-                sh("ip", "link", "set", outside, "up")
-                sh("ip", "-n", ns, "addr", "add", f"{SUBNET}.{i}/24", "dev", inside)
-                sh("ip", "-n", ns, "link", "set", inside, "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-                sh("ip", "-n", ns, "route", "add", "default", "via", f"{SUBNET}.254")
-        except subprocess.CalledProcessError as e:
-            pytest.skip(f"cannot build the two hosts here ({' '.join(e.cmd)}): {e.stderr.decode().strip()}")
-        launcher = tmp_path_factory.mktemp("launcher") / "netns-launch"
-        launcher.write_text(LAUNCHER.format(subnet=SUBNET, prefix=prefix))
-        launcher.chmod(0o755)
-        yield ["mpirun", "-iface", bridge, "-launcher", "ssh", "-launcher-exec", str(launcher)]
+        yield get
     finally:
-        for i in (1, 2):
-            subprocess.run(["ip", "netns", "del", f"{prefix}{i}"], capture_output=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        for cluster in made.values():
+            cluster.down()
 
 
-def run(mpirun, per_host, args):
-    hosts = f"{SUBNET}.1:{per_host},{SUBNET}.2:{per_host}"
-    cmd = [*mpirun, "-hosts", hosts, "-n", str(2 * per_host), sys.executable, "-m", "qwen3_mpi", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from qwen3_mpi import demo as demo_module
+
+    return demo_module.ensure_demo(SMALL_DEMO_CONFIG, tmp_path_factory.mktemp("multinode") / "model")
 
 
-@pytest.mark.parametrize("per_host", [1, 2])
-def test_two_hosts_match_transformers(two_hosts, checkpoints, tmp_path, per_host):
+def greedy_args(model, n=16):
+    return [
+        "generate",
+        "-m",
+        str(model),
+        "--prompt-ids",
+        "1,2,3,4,5",
+        "-n",
+        str(n),
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        *THREADS,
+    ]
+
+
+@pytest.mark.parametrize(("nodes", "per_node"), [(2, 1), (2, 2), (4, 1)])
+def test_nodes_match_transformers(clusters, checkpoints, tmp_path, nodes, per_node):
     directory, ref = checkpoints["gqa4-sharded-bf16"]
+    cluster = clusters(nodes)
     ids = ",".join(map(str, PROMPT_IDS))
     out = tmp_path / "logits.npy"
-    # the logits command also checks that all ranks, on both hosts, hold bit-identical hidden states
-    proc = run(two_hosts, per_host, ["logits", "-m", str(directory), "--prompt-ids", ids, "-o", str(out)])
-    assert proc.returncode == 0, proc.stderr
-    assert np.abs(np.load(out) - ref["logits"]).max() <= 1e-3
-    proc = run(
-        two_hosts,
-        per_host,
-        [
-            "generate",
-            "-m",
-            str(directory),
-            "--prompt-ids",
-            ids,
-            "-n",
-            str(GREEDY_TOKENS),
-            "--temperature",
-            "0",
-            "--ignore-eos",
-            "--json",
-        ],
+    # the logits command also checks that all ranks, on every node, hold bit-identical hidden states
+    proc = cluster.run(
+        nodes * per_node, ["logits", "-m", str(directory), "--prompt-ids", ids, "-o", str(out), *THREADS]
     )
     assert proc.returncode == 0, proc.stderr
+    assert np.abs(np.load(out) - ref["logits"]).max() <= 1e-3
+    args = ["generate", "-m", str(directory), "--prompt-ids", ids, "-n", str(GREEDY_TOKENS), "--temperature", "0"]
+    proc = cluster.run(nodes * per_node, [*args, "--ignore-eos", "--json", "--profile", *THREADS])
+    assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["output_ids"] == ref["greedy"] and result["ranks"] == 2 * per_host
+    assert result["output_ids"] == ref["greedy"] and result["ranks"] == nodes * per_node
+    hosts = [p["host"] for p in result["profile"]]
+    assert sorted(set(hosts)) == [f"node{i}" for i in range(1, nodes + 1)]  # one hostname per node
+
+
+def test_four_nodes_give_one_ranks_tokens_and_traffic_crosses_the_links(clusters, demo):
+    cluster = clusters(4)
+    single = subprocess.run(
+        [sys.executable, "-m", "qwen3_mpi", *greedy_args(demo)], capture_output=True, text=True, cwd=ROOT
+    )
+    before = cluster.bytes_sent()
+    proc = cluster.run(4, [*greedy_args(demo), "--profile"])
+    after = cluster.bytes_sent()
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["output_ids"] == json.loads(single.stdout)["output_ids"]
+    for p in result["profile"]:  # each node's link carried at least what its rank sent to the others
+        node = int(p["host"].removeprefix("node"))
+        sent = sum(p[phase]["bytes_sent_per_token"] * p[phase]["tokens"] for phase in ("prefill", "decode"))
+        assert after[node - 1] - before[node - 1] >= sent > 0
+    FIGURES.append(
+        f"4 simulated nodes: link bytes {[a - b for a, b in zip(after, before)]}, "
+        f"ranks' payload {[round(sum(p[q]['bytes_sent_per_token'] * p[q]['tokens'] for q in ('prefill', 'decode'))) for p in result['profile']]}"
+    )
+
+
+def test_rate_limit_shows_in_the_collectives(clusters, demo):
+    """The same run on links limited to 2 Mbit/s (tc tbf): the collectives take longer, the compute does
+    not. (netem delay, where the kernel has it, would show the same way; see the script's message.)"""
+    args = [*greedy_args(demo, n=48), "--profile"]
+    free = json.loads(clusters(2).run(2, args).stdout)
+    limited_cluster = clusters(2, "2mbit", "", "4kb")
+    limited = json.loads(limited_cluster.run(2, args).stdout)
+    assert limited["output_ids"] == free["output_ids"]
+
+    def collective(result):
+        return sum(p["decode"]["collective_s"] + p["decode"]["wait_s"] for p in result["profile"])
+
+    # a decode step sends 5 combines x 64 floats = 1.3 KB per rank: at 2 Mbit/s about 5 ms
+    FIGURES.append(
+        f"2 simulated nodes, 47 decode steps: collectives + waiting {collective(free) * 1e3:.0f} ms on free links, "
+        f"{collective(limited) * 1e3:.0f} ms at 2 Mbit/s (tbf)"
+    )
+    assert collective(limited) > collective(free) + 47 * 0.003, (collective(free), collective(limited))
+
+
+def test_netem_is_detected(clusters):
+    cluster = clusters(2, "", "1ms")
+    qdiscs = subprocess.run(
+        ["ip", "netns", "exec", f"{cluster.name}n1", "tc", "qdisc", "show"], capture_output=True, text=True
+    ).stdout
+    assert ("netem" in qdiscs) != ("netem is not available in this kernel" in cluster.log), (qdiscs, cluster.log)
+
+
+@pytest.mark.parametrize("fault", ["exception", "kill"])
+def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
+    cluster = clusters(2)
+    args = ["generate", "-m", str(demo), "--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json", *THREADS]
+    proc = cluster.popen(4, args, env={"QWEN3_MPI_FAULT": "3:5"} if fault == "exception" else None)
+    if fault == "kill":
+        deadline = time.time() + 60
+        ranks = []
+        while len(ranks) < 4 and time.time() < deadline:
+            ranks = [
+                p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())
+            ]
+            time.sleep(0.2)
+        assert len(ranks) == 4
+        time.sleep(3)
+        ranks[-1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the job did not end within 60 s")
+    assert proc.returncode != 0 and time.time() - t0 < 60
+    if fault == "exception":
+        assert err.count("injected fault (QWEN3_MPI_FAULT) on rank 3") == 1, err
