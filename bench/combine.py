@@ -1,6 +1,6 @@
 """Time the two ways of combining per-rank partial sums (run under mpirun -n N).
 
-    mpirun -n 2 python bench/combine.py [--hidden 1024] [--tokens 1 128] [--iters 2000]
+    mpirun -n 2 python bench/combine.py [--hidden 1024] [--tokens 1 128] [--iters 2000] [--threads N]
 Prints one JSON line per (method, tokens) from rank 0: microseconds per combine, median of 5 rounds.
 """
 
@@ -19,9 +19,10 @@ def main():
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--threads", type=int, help="threads per rank (default: as qwen3-mpi chooses)")
     args = parser.parse_args()
     comm = Comm()
-    _set_threads(comm, None)  # as qwen3-mpi does: the node's cores shared among its ranks
+    _set_threads(comm, args.threads)  # by default as qwen3-mpi does: the node's cores shared among its ranks
     for T in args.tokens:
         iters = max(20, args.iters // T)
         for method in ("allgather", "allreduce"):

@@ -184,11 +184,15 @@ def test_netem_is_detected(clusters):
     assert ("netem" in qdiscs) != ("netem is not available in this kernel" in cluster.log), (qdiscs, cluster.log)
 
 
-@pytest.mark.parametrize("fault", ["exception", "kill"])
+@pytest.mark.parametrize("fault", ["exception", "kill", "ctrl-c"])
 def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
     cluster = clusters(2)
     args = ["generate", "-m", str(demo), "--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json", *THREADS]
     proc = cluster.popen(4, args, env={"QWEN3_MPI_FAULT": "3:5"} if fault == "exception" else None)
+    if fault == "ctrl-c":
+        time.sleep(8)  # started and generating
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)  # the script exec'd mpirun: this is Ctrl-C at mpirun
     if fault == "kill":
         deadline = time.time() + 60
         ranks = []
@@ -207,5 +211,8 @@ def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
         proc.kill()
         pytest.fail("the job did not end within 60 s")
     assert proc.returncode != 0 and time.time() - t0 < 60
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(demo) in " ".join(p.info["cmdline"] or [])]
+    _, alive = psutil.wait_procs(left, timeout=10)
+    assert not alive, "ranks left running on the simulated nodes"
     if fault == "exception":
         assert err.count("injected fault (QWEN3_MPI_FAULT) on rank 3") == 1, err
