@@ -199,9 +199,10 @@ def main(argv=None) -> int:
         comm.abort(130)
     except SystemExit:
         raise
-    except BaseException:
-        print(f"{PROG}: internal error on rank {comm.rank}:", file=sys.stderr)
-        traceback.print_exc()
+    except BaseException as e:  # the message first, in one write: the launcher may stop forwarding soon
+        sys.stderr.write(
+            f"{PROG}: internal error on rank {comm.rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+        )
         comm.abort(1)
     return 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -87,9 +88,12 @@ class Comm:
         return result
 
     def abort(self, code: int = 1) -> None:
+        """End every rank (MPI_Abort): the only way a launcher ends ranks on other hosts that wait in a
+        collective. The launcher forwards this rank's last output first only if given a moment."""
         sys.stdout.flush()
         sys.stderr.flush()
         if self.size > 1:
+            time.sleep(0.5)
             self.world.Abort(code)
         os._exit(code)
 

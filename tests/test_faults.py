@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, SMALL_DEMO_CONFIG
 
 LIMIT = 30  # seconds from the fault to the end of the job
+STARTUP = 240  # seconds for start-up (a fresh checkout compiles the kernels first) and the fault
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +54,16 @@ def finish(proc, since):
 def test_an_exception_on_any_rank_ends_the_job(long_context_demo, ranks, failing):
     import os
 
-    t0 = time.time()
     proc = start(long_context_demo, ranks, env=dict(os.environ, QWEN3_MPI_FAULT=f"{failing}:5"))
-    out, err, _ = finish(proc, t0)
+    try:
+        out, err = proc.communicate(timeout=STARTUP)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the job did not end within {STARTUP} s")
     assert proc.returncode != 0
-    assert err.count(f"injected fault (QWEN3_MPI_FAULT) on rank {failing} at decode step 5") == 1, err
-    assert f"internal error on rank {failing}" in err and out == ""
+    message = f"internal error on rank {failing}: RuntimeError: injected fault (QWEN3_MPI_FAULT) on rank {failing}"
+    assert err.count(message) == 1, err  # once (then its traceback), and no other rank reports an error
+    assert err.count("internal error on rank") == 1 and out == ""
 
 
 @pytest.mark.parametrize("victim", [0, 1])

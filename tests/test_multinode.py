@@ -215,4 +215,4 @@ def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
     _, alive = psutil.wait_procs(left, timeout=10)
     assert not alive, "ranks left running on the simulated nodes"
     if fault == "exception":
-        assert err.count("injected fault (QWEN3_MPI_FAULT) on rank 3") == 1, err
+        assert err.count("internal error on rank 3: RuntimeError: injected fault (QWEN3_MPI_FAULT) on rank 3") == 1, err
