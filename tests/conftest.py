@@ -166,6 +166,36 @@ def small_demo(tmp_path_factory) -> Path:
     return demo.ensure_demo(SMALL_DEMO_CONFIG, tmp_path_factory.mktemp("cache") / "demo")
 
 
+def rank_processes(proc, ranks: int, timeout: float = 60) -> dict:
+    """The qwen3_mpi processes under a running mpirun, by rank (PMI_RANK / OMPI_COMM_WORLD_RANK)."""
+    import time
+
+    import psutil
+
+    deadline = time.time() + timeout
+    found = []
+    while len(found) < ranks and time.time() < deadline:
+        found = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert len(found) == ranks, f"found {len(found)} of {ranks} ranks"
+    by_rank = {}
+    for p in found:
+        env = p.environ()
+        by_rank[int(env.get("PMI_RANK", env.get("OMPI_COMM_WORLD_RANK", -1)))] = p
+    return by_rank
+
+
+TOOLS = [  # a tool schema as transformers' apply_chat_template takes it
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
 FIGURES: list[str] = []  # measured figures, printed at the end of the run
 
 

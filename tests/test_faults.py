@@ -7,8 +7,7 @@ import time
 
 import psutil
 import pytest
-
-from conftest import ROOT, SMALL_DEMO_CONFIG
+from conftest import ROOT, SMALL_DEMO_CONFIG, rank_processes
 
 LIMIT = 30  # seconds from the fault to the end of the job
 STARTUP = 240  # seconds for start-up (a fresh checkout compiles the kernels first) and the fault
@@ -25,20 +24,6 @@ def start(model, ranks, env=None):
     cmd = ["mpirun", "-n", str(ranks), sys.executable, "-m", "qwen3_mpi", "generate", "-m", str(model)]
     cmd += ["--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-
-
-def rank_processes(proc, ranks):
-    deadline = time.time() + 60
-    found = []
-    while len(found) < ranks and time.time() < deadline:
-        found = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())]
-        time.sleep(0.2)
-    assert len(found) == ranks
-    by_rank = {}
-    for p in found:
-        env = p.environ()
-        by_rank[int(env.get("PMI_RANK", env.get("OMPI_COMM_WORLD_RANK", -1)))] = p
-    return by_rank
 
 
 def finish(proc, since):

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import SMALL_DEMO_CONFIG, run_cli
+from conftest import SMALL_DEMO_CONFIG, TOOLS, run_cli
 
 SAMPLED = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.9", "--seed", "11"]
 
@@ -169,18 +169,6 @@ def with_real_tokenizer(small_demo, tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TOKENIZER_DIR / name, directory / name)
     return directory
-
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather of a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
-]
 
 
 @pytest.mark.parametrize(

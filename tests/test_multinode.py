@@ -14,8 +14,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-
-from conftest import FIGURES, GREEDY_TOKENS, PROMPT_IDS, ROOT, SMALL_DEMO_CONFIG
+from conftest import FIGURES, GREEDY_TOKENS, PROMPT_IDS, ROOT, SMALL_DEMO_CONFIG, rank_processes
 
 SCRIPT = ROOT / "scripts" / "simcluster.sh"
 THREADS = ["--threads", "1"]  # the simulated nodes share this machine's cores
@@ -194,16 +193,9 @@ def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)  # the script exec'd mpirun: this is Ctrl-C at mpirun
     if fault == "kill":
-        deadline = time.time() + 60
-        ranks = []
-        while len(ranks) < 4 and time.time() < deadline:
-            ranks = [
-                p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())
-            ]
-            time.sleep(0.2)
-        assert len(ranks) == 4
+        ranks = rank_processes(proc, 4)
         time.sleep(3)
-        ranks[-1].send_signal(signal.SIGKILL)
+        ranks[3].send_signal(signal.SIGKILL)
     t0 = time.time()
     try:
         _, err = proc.communicate(timeout=60)

@@ -1,7 +1,7 @@
 """Our ids equal transformers' for the real Qwen3 tokenizer, plain and chat-templated."""
 
 import pytest
-from conftest import TOKENIZER_DIR
+from conftest import TOKENIZER_DIR, TOOLS
 
 from qwen3_mpi.errors import UserError
 from qwen3_mpi.tokenizer import Tokenizer
@@ -40,16 +40,6 @@ CONVERSATIONS = [
         },
         {"role": "tool", "content": '{"temperature": -3}'},
     ],
-]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather of a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-        },
-    }
 ]
 
 
