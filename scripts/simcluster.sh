@@ -90,10 +90,11 @@ mpirun_() {
     [ "$slots" -gt 0 ] && hosts+="${hosts:+,}$SUBNET.$i:$slots"
   done
   if mpirun --version 2>&1 | grep -q "Open MPI"; then
-    # Open MPI (PRRTE): our launcher as its ssh agent; TCP on the cluster's subnet
+    # Open MPI (PRRTE): our launcher as its ssh agent; TCP on the cluster's subnet; no binding (every
+    # node would pin its first rank to the same core of this one machine: 4 ms time slices per message)
     local root=()
     [ "$(id -u)" = 0 ] && root=(--allow-run-as-root)
-    exec mpirun "${root[@]}" --prtemca plm_ssh_agent "$STATE/launch" --host "$hosts" \
+    exec mpirun "${root[@]}" --prtemca plm_ssh_agent "$STATE/launch" --host "$hosts" --bind-to none \
       --prtemca oob_tcp_if_include "$SUBNET.0/24" --mca oob_tcp_if_include "$SUBNET.0/24" \
       --mca btl_tcp_if_include "$SUBNET.0/24" "$@"
   fi
