@@ -209,7 +209,7 @@ def _sampling(args, defaults: dict) -> SamplingParams:
         repetition_penalty=float(pick("repetition_penalty", 1.0)),
         presence_penalty=float(pick("presence_penalty", 0.0)),
     )
-    for flag, (attr, ok, rule) in SAMPLING_RULES.items():
+    for attr, ok, rule in SAMPLING_RULES.values():
         if attr != "seed" and not ok(getattr(params, attr)):
             raise UserError(f"generation_config.json: {attr} = {getattr(params, attr)} is out of range: must be {rule}")
     return params

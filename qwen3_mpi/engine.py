@@ -9,7 +9,7 @@ import numpy as np
 
 from .comm import Comm
 from .model import Model
-from .sampling import Sampler, SamplingParams, best, penalize
+from .sampling import Sampler, SamplingParams, candidates
 
 FINISH_REASONS = ("stop", "length", "context")
 
@@ -60,12 +60,11 @@ class Engine:
     def _next_token(self, local_V, params: SamplingParams, sampler: Sampler | None, context, generated) -> int:
         """Every rank penalizes its vocabulary rows and sends rank 0 its candidates (or, for sampling
         without top-k, all its logits); rank 0 draws. Returns the token on rank 0, -1 elsewhere."""
-        penalize(local_V, self.v0, params, context, generated)
+        ids, values = candidates(local_V, self.v0, params, context, generated)
         m = params.per_rank()
         if m is None:
-            full = self.comm.gather_columns(local_V[None], self.model.vocab_counts)
+            full = self.comm.gather_columns(values[None], self.model.vocab_counts)
             return sampler.choose(np.arange(full.shape[1]), full[0]) if self.comm.is_root else -1
-        ids, values = best(local_V, self.v0, m)
         gathered = self.comm.gather_rows(np.concatenate([ids, values]).astype(np.float64))
         if not self.comm.is_root:
             return -1

@@ -68,6 +68,16 @@ def best(logits_V: np.ndarray, v0: int, m: int) -> tuple[np.ndarray, np.ndarray]
     return ids, values
 
 
+def candidates(logits_V: np.ndarray, v0: int, params: SamplingParams, context_ids, generated_ids):
+    """What a rank holding vocabulary rows [v0, v0 + V) sends rank 0: (ids, logits) after the penalties
+    (applied in place), its best per_rank() of them, or all of them when per_rank() is None."""
+    penalize(logits_V, v0, params, context_ids, generated_ids)
+    m = params.per_rank()
+    if m is None:
+        return np.arange(v0, v0 + logits_V.shape[0]), logits_V
+    return best(logits_V, v0, m)
+
+
 class Sampler:
     """Rank 0's draw from the merged candidates, with its own random stream."""
 
@@ -123,9 +133,6 @@ class Sampler:
 
     def __call__(self, logits_V: np.ndarray, context_ids, generated_ids) -> int:
         """The next token from one whole logits vector (a single rank's view of everything)."""
-        logits = np.array(logits_V, dtype=np.float32)
-        penalize(logits, 0, self.params, context_ids, generated_ids)
-        m = self.params.per_rank()
-        if m is None:
-            return self.choose(np.arange(logits.size), logits)
-        return self.choose(*best(logits, 0, min(m, logits.size)))
+        return self.choose(
+            *candidates(np.array(logits_V, dtype=np.float32), 0, self.params, context_ids, generated_ids)
+        )
