@@ -208,19 +208,23 @@ def test_exp32_is_within_a_few_ulp_of_exp():
 def test_bf16_parts_sum_to_x_exactly():
     x = (rng.standard_normal(4096, np.float32) * np.float32(10.0) ** rng.integers(-30, 30, 4096)).astype(np.float32)
     x[:3] = [0.0, -0.0, 1.0]
-    T, I = 1, x.size
-    xv = np.zeros((amx.PARTS, I // 2, 32, 2), np.uint16)
-    amx.split_bf16(xv, x.reshape(T, I), 0, 0, np.zeros((amx.PARTS, 32, I), np.uint16))
-    parts = bf16_to_f32(xv[:, :, 0, :].reshape(amx.PARTS, I)).astype(np.float64)
-    assert np.array_equal(parts.sum(axis=0), x.astype(np.float64))
-    assert not xv[:, :, 1:, :].any()  # tokens past T are zeros
+    T, I = 1, x.size - 7  # a column tail: I is not a multiple of 32
+    x = x[:I]
+    S = (I + 31) // 32
+    xv = np.full((1, S, amx.PARTS, 2, 16, 16, 2), 0xFFFF, np.uint16)  # [n, s, p, h, k, t, j]
+    amx.split_bf16(xv, x.reshape(T, I), 0, np.zeros((amx.PARTS, 32, 32 * S), np.uint16))
+    token0 = xv[0, :, :, 0, :, 0, :]  # [s, p, k, j]: column 32s + 2k + j
+    parts = bf16_to_f32(token0.transpose(1, 0, 2, 3).reshape(amx.PARTS, 32 * S)).astype(np.float64)
+    assert np.array_equal(parts[:, :I].sum(axis=0), x.astype(np.float64))
+    assert not parts[:, I:].any()  # columns past I are zeros
+    assert not xv[0, :, :, 0, :, 1:, :].any() and not xv[0, :, :, 1].any()  # tokens past T are zeros
 
 
 @pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
 @pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
 def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
-    """Every path through the tile kernel: partial row blocks, a column tail, several slabs of I, several
-    chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
+    """Every path through the tile kernel: partial row blocks, a column tail, several partial sums over I,
+    several chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
     carry all 24 bits; bf16 x alone would be ~1000x worse)."""
     local = np.random.default_rng(I)  # fixed data: the bound holds with margin (measured ratio 0.5-1.5)
     w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
@@ -229,7 +233,7 @@ def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
     exact = x.astype(np.float64) @ w32.T.astype(np.float64)
     y = np.full((T, O), np.nan, np.float32)
     threads = numba.get_num_threads()
-    amx.matmul(y, x, w, np.zeros(amx.scratch_floats(I, T, threads), np.float32), threads)
+    amx.matmul(y, x, w, np.zeros(amx.scratch_floats(O, I, T, threads), np.float32), threads)
     scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
     sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
     amx_error = np.max(np.abs(y - exact) / scale)

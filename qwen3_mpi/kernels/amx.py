@@ -8,9 +8,9 @@ product (measured: max error 1.2-3e-6 against float64 where sgemm has 2-2.6e-6).
 bf16 units still run at 2.5-3.5x the float32 sgemm rate on the same cores.
 
 Layout: the weight tile (A) is 16 rows of W [O, I] read in place (32 bf16 = 64 bytes per row); the
-activation tile (B) must be "VNNI" pairs, so the split writes xv[p, i // 2, t, i % 2]. A tile of C is
-then W rows x tokens, stored transposed into y [T, O]. Four C tiles (32 rows x 32 tokens), two A and
-two B tiles use all eight tile registers.
+activation tile (B) must be "VNNI" pairs, so the split writes each B tile (16 pairs of columns x 16
+tokens x 2) as 1 KiB of contiguous memory. A tile of C is then W rows x tokens, transposed into y [T, O].
+Four C tiles (32 rows x 32 tokens), two A and two B tiles use all eight tile registers.
 
 Linux hands out the AMX register state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel >= 5.16);
 AVAILABLE says whether this process has it and numba compiles for a CPU with amx-tile and amx-bf16.
@@ -31,7 +31,7 @@ TOKENS = 32  # tokens per pass over a task's rows (two B tiles)
 STEP = 32  # bf16 elements of I per tile product
 PARTS = 3  # bf16 parts of each activation
 T_CHUNK = 128  # tokens split at a time
-SLAB = 1024  # columns of I split at a time: 3 x 1024 x 128 bf16 = 768 KiB stay in L2
+SLAB_STEPS = 32  # steps (1024 columns) summed in the C tiles before a partial sum goes out, as sgemm does
 
 _SYS_ARCH_PRCTL = 158  # x86_64
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -158,6 +158,24 @@ def tile_dpbf16ps(typingctx, c, a, b):
     return types.void(c, a, b), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Prefetch the cache line of array[offset] into L2 (llvm.prefetch: read, locality 2, data)."""
+
+    def codegen(context, builder, sig, args):
+        address = _address(context, builder, sig.args[0], args[0], args[1])
+        i32 = ir.IntType(32)
+        fn = _declare_typed(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [_PTR, i32, i32, i32]))
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+
+    return types.void(array, types.int64), codegen
+
+
+def _declare_typed(builder, name, fntype):
+    fn = builder.module.globals.get(name)
+    return fn if fn is not None else ir.Function(builder.module, fntype, name)
+
+
 # --- kernels ---------------------------------------------------------------------------------------------
 
 
@@ -179,125 +197,152 @@ def _bf16_parts(v):
 
 
 @njit(parallel=True, cache=True)
-def split_bf16(xv_PKTJ, x_TI, t0, i0, parts_PTI):
-    """xv[p, k, t, j] = bf16 part p of x[t0 + t, i0 + 2k + j]; zero past x's rows and columns.
+def split_bf16(xv_NSPHKTJ, x_TI, t0, parts_PTI):
+    """xv[n, s, p, h, k, t, j] = bf16 part p of x[t0 + 32n + 16h + t, 32s + 2k + j]; zero past x's rows
+    and columns. Every (n, s, p, h) is one B tile, 1 KiB contiguous.
 
     Two passes, each over contiguous memory: the parts of each row of x (vectorized) into parts[p, t],
     then 16 x 16 blocks of bf16 pairs (32 bits) transposed into xv."""
-    P, Kh, Tp, _ = xv_PKTJ.shape
+    N, S, P = xv_NSPHKTJ.shape[:3]
+    Tp = TOKENS * N
     T = min(Tp, x_TI.shape[0] - t0)
-    width = min(2 * Kh, x_TI.shape[1] - i0)
+    I = x_TI.shape[1]
     for t in prange(Tp):
         if t < T:
-            x = x_TI[t0 + t, i0 : i0 + width]
-            for i in range(width):
+            x = x_TI[t0 + t]
+            for i in range(I):
                 parts_PTI[0, t, i], parts_PTI[1, t, i], parts_PTI[2, t, i] = _bf16_parts(x[i])
-            parts_PTI[:, t, width:] = 0
+            parts_PTI[:, t, I:] = 0
         else:
             parts_PTI[:, t, :] = 0
     pairs_PTK = parts_PTI.view(np.uint32)
-    xv_PKT = xv_PKTJ.reshape(P, Kh, 2 * Tp).view(np.uint32)
-    blocks = (Kh + 15) // 16
-    for job in prange(P * blocks):
-        p = job // blocks
-        k0 = job % blocks * 16
-        for tb in range(0, Tp, 16):
-            for k in range(k0, min(k0 + 16, Kh)):
-                for t in range(tb, tb + 16):
-                    xv_PKT[p, k, t] = pairs_PTK[p, t, k]
+    xv_NSPHKT = xv_NSPHKTJ.reshape(N, S, P, 2, 16, 32).view(np.uint32)
+    for job in prange(N * S):
+        n = job // S
+        s = job % S
+        for p in range(P):
+            for h in range(2):
+                for k in range(16):
+                    for t in range(16):
+                        xv_NSPHKT[n, s, p, h, k, t] = pairs_PTK[p, TOKENS * n + 16 * h + t, 16 * s + k]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def tile_products(y_TO, t0, xv_PKTJ, w_OI, i0, accumulate, c_PRT, pad_PRK):
-    """y[t0 + t, o] (+)= sum over parts p and k of W[o, i0 + k] xv[p, k // 2, t, k % 2]: the tokens and
-    the columns (a slab of I) that xv holds.
+def tile_products(y_TO, t0, xv_NSPHKTJ, w_OI, edge_RI, tail_OK, c_TNCX):
+    """y[t0 + t, o] = sum over parts p and k of W[o, k] xv[...]: the tokens xv holds, all of I.
 
-    A task takes 32 rows of W and runs them against every 32 tokens, reading W in place; the columns
-    past the last whole step of 32, and all of a last block of fewer than 32 rows, are read from a
-    zero-padded copy in the thread's pad (never past the end of W)."""
+    A task takes 32 rows of W (two A tiles per step, read in place) and runs them against every 32
+    tokens (two B tiles per part and step), accumulating float32 partial sums of SLAB_STEPS steps in the
+    four C tiles; the partial sums are added and transposed into y at the end of the task. The last
+    block of fewer than 32 rows comes from edge (zero-padded), the columns past the last whole step of
+    32 from tail (zero-padded): nothing past the end of W is read.
+
+    Only the first pass over a task's rows reads them from memory (the others find them in L2), and a
+    tile load stalls the tile unit until its data is there: so during the later passes the next task's
+    rows, contiguous in W, are prefetched into L2 a few lines per step (measured 5-10% faster)."""
     O, I = w_OI.shape
-    P, Kh, Tp, _ = xv_PKTJ.shape
-    T = min(Tp, y_TO.shape[0] - t0)
-    width = min(2 * Kh, I - i0)
-    steps = (width + STEP - 1) // STEP
-    part = Kh * Tp * 2
-    row = Tp * 2
+    N, S, P = xv_NSPHKTJ.shape[:3]
+    T = min(TOKENS * N, y_TO.shape[0] - t0)
+    full = I // STEP  # steps read from W in place
+    Ip = edge_RI.shape[1]
+    chunks = c_TNCX.shape[2]
+    tile = 512  # bf16 elements of a B tile
+    lines = ROWS * I // 32  # 64-byte lines of a task's rows
+    per = (lines + max(N - 1, 1) * S - 1) // (max(N - 1, 1) * S)  # lines prefetched per step
     for b in prange((O + ROWS - 1) // ROWS):
         o0 = b * ROWS
-        n = min(ROWS, O - o0)
-        pad = pad_PRK[get_thread_id()]
-        c = c_PRT[get_thread_id()]
-        first = 0 if n < ROWS else width // STEP  # steps before this one read W in place
-        if first < steps:
-            for r in range(ROWS):
-                for k in range(first * STEP, steps * STEP):
-                    pad[r, k - first * STEP] = w_OI[o0 + r, i0 + k] if r < n and k < width else np.uint16(0)
+        ahead = o0 + 2 * ROWS <= O  # the next task reads W in place
+        c = c_TNCX[get_thread_id()]
         tile_config(CONFIG)
-        for tb in range(0, Tp, TOKENS):
-            tile_zero(4)
-            tile_zero(5)
-            tile_zero(6)
-            tile_zero(7)
-            for s in range(steps):
-                if s < first:
-                    tile_load(0, w_OI, o0 * I + i0 + s * STEP, I)
-                    tile_load(1, w_OI, (o0 + 16) * I + i0 + s * STEP, I)
-                else:
-                    tile_load(0, pad, (s - first) * STEP, pad.shape[1])
-                    tile_load(1, pad, 16 * pad.shape[1] + (s - first) * STEP, pad.shape[1])
-                for p in range(P):
-                    at = p * part + s * (STEP // 2) * row + tb * 2
-                    tile_load(2, xv_PKTJ, at, row)
-                    tile_load(3, xv_PKTJ, at + 32, row)
-                    tile_dpbf16ps(4, 0, 2)
-                    tile_dpbf16ps(5, 0, 3)
-                    tile_dpbf16ps(6, 1, 2)
-                    tile_dpbf16ps(7, 1, 3)
-            # c[r, t]: rows 0-15 / 16-31 of the task x tokens 0-15 / 16-31
-            tile_store(4, c, 0, TOKENS)
-            tile_store(5, c, 16, TOKENS)
-            tile_store(6, c, 16 * TOKENS, TOKENS)
-            tile_store(7, c, 16 * TOKENS + 16, TOKENS)
-            for t in range(min(TOKENS, T - tb)):
-                y_row = y_TO[t0 + tb + t, o0 : o0 + n]
-                if accumulate:
-                    for r in range(n):
-                        y_row[r] += c[r * TOKENS + t]
-                else:
-                    for r in range(n):
-                        y_row[r] = c[r * TOKENS + t]
+        for n in range(N):
+            for k in range(chunks):
+                tile_zero(4)
+                tile_zero(5)
+                tile_zero(6)
+                tile_zero(7)
+                for s in range(k * SLAB_STEPS, min(S, (k + 1) * SLAB_STEPS)):
+                    if ahead and (n > 0 or N == 1):
+                        first = ((n - 1 if N > 1 else 0) * S + s) * per
+                        for line in range(first, min(first + per, lines)):
+                            prefetch(w_OI, (o0 + ROWS) * I + line * 32)
+                    if o0 + ROWS > O:
+                        tile_load(0, edge_RI, s * STEP, Ip)
+                        tile_load(1, edge_RI, 16 * Ip + s * STEP, Ip)
+                    elif s < full:
+                        tile_load(0, w_OI, o0 * I + s * STEP, I)
+                        tile_load(1, w_OI, (o0 + 16) * I + s * STEP, I)
+                    else:
+                        tile_load(0, tail_OK, o0 * STEP, STEP)
+                        tile_load(1, tail_OK, (o0 + 16) * STEP, STEP)
+                    at = (n * S + s) * P * 2 * tile
+                    for p in range(P):
+                        # each B tile is loaded right before its two products, whose order frees the
+                        # register early for the next load (twice the rate of loading both first)
+                        tile_load(2, xv_NSPHKTJ, at, 32)
+                        tile_dpbf16ps(4, 0, 2)
+                        tile_dpbf16ps(6, 1, 2)
+                        tile_load(3, xv_NSPHKTJ, at + tile, 32)
+                        tile_dpbf16ps(5, 0, 3)
+                        tile_dpbf16ps(7, 1, 3)
+                        at += 2 * tile
+                # c[n, k, q, r, t]: tile q = rows 0-15 / 16-31 (q // 2) x tokens 0-15 / 16-31 (q % 2)
+                tile_store(4, c[n, k], 0, 16)
+                tile_store(5, c[n, k], 256, 16)
+                tile_store(6, c[n, k], 512, 16)
+                tile_store(7, c[n, k], 768, 16)
         tile_release()
+        # y row by row (contiguous stores), from c[n, k, q, r, t] with q = 2 (r >= 16) + (t >= 16)
+        rows = min(ROWS, O - o0)
+        for n in range(N):
+            for t in range(min(TOKENS, T - TOKENS * n)):
+                y_row = y_TO[t0 + TOKENS * n + t, o0 : o0 + rows]
+                for r in range(rows):
+                    at = (r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16
+                    v = c[n, 0, at]
+                    for k in range(1, chunks):
+                        v += c[n, k, at]
+                    y_row[r] = v
 
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-def _sizes(I: int, T: int, threads: int) -> tuple[int, int, int, int, int, int]:
-    """Slab width, padded token count, and float32 elements of the split slab (twice: row-major and
-    VNNI), the C tiles and the pads."""
-    slab, Tp = min(_round_up(I, STEP), SLAB), _round_up(min(T, T_CHUNK), TOKENS)
-    n_xv = PARTS * slab * Tp // 2
-    return slab, Tp, n_xv, n_xv, threads * ROWS * TOKENS, threads * ROWS * slab // 2
+def _sizes(O: int, I: int, T: int, threads: int) -> tuple[int, int, int, int, int, int, int]:
+    """Padded columns, steps of 32, token blocks of 32 per chunk of tokens, partial sums per C tile, and
+    float32 elements of: the split (VNNI tiles and row-major parts), the C tiles, edge and tail."""
+    Ip = _round_up(I, STEP)
+    S, N = Ip // STEP, _round_up(min(T, T_CHUNK), TOKENS) // TOKENS
+    chunks = (S + SLAB_STEPS - 1) // SLAB_STEPS
+    n_split = PARTS * Ip * N * TOKENS // 2
+    return Ip, S, N, chunks, n_split, threads * N * chunks * ROWS * TOKENS, (ROWS * Ip + _round_up(O, ROWS) * STEP) // 2
 
 
-def scratch_floats(I: int, T: int, threads: int) -> int:
-    """float32 elements of scratch that matmul needs for x [T, I]."""
-    return sum(_sizes(I, T, threads)[2:])
+def scratch_floats(O: int, I: int, T: int, threads: int) -> int:
+    """float32 elements of scratch that matmul needs for x [T, I] and W [O, I]."""
+    _, _, _, _, n_split, n_c, n_edges = _sizes(O, I, T, threads)
+    return 2 * n_split + n_c + n_edges
 
 
 def matmul(y_TO, x_TI, w_OI, scratch, threads: int) -> None:
-    """y = x @ W.T for bf16 bits W [O, I], float32 x [T, I] and y [T, O]: T_CHUNK tokens by SLAB
-    columns at a time (the split slab stays in L2 while every row of W passes by)."""
+    """y = x @ W.T for bf16 bits W [O, I], float32 x [T, I] and y [T, O]: T_CHUNK tokens at a time (their
+    split, 3 x I x 128 bf16, is read from L2 or L3 while every row of W passes by once per 32 tokens)."""
     T, I = x_TI.shape
-    slab, Tp, n_xv, n_rows, n_c, n_pad = _sizes(I, T, threads)
-    at = np.cumsum([0, n_xv, n_rows, n_c, n_pad])
-    c = scratch[at[2] : at[3]].reshape(threads, ROWS * TOKENS)
-    pad = scratch[at[3] : at[4]].view(np.uint16).reshape(threads, ROWS, slab)
-    for t0 in range(0, T, Tp):
-        tp = min(Tp, _round_up(T - t0, TOKENS))  # the last chunk may be shorter
-        xv = scratch[: PARTS * slab * tp // 2].view(np.uint16).reshape(PARTS, slab // 2, tp, 2)
-        rows = scratch[at[1] : at[1] + PARTS * tp * slab // 2].view(np.uint16).reshape(PARTS, tp, slab)
-        for i0 in range(0, I, slab):
-            split_bf16(xv, x_TI, t0, i0, rows)
-            tile_products(y_TO, t0, xv, w_OI, i0, i0 > 0, c, pad)
+    O = w_OI.shape[0]
+    Ip, S, N, chunks, n_split, n_c, n_edges = _sizes(O, I, T, threads)
+    at = np.cumsum([0, n_split, n_split, n_c, ROWS * Ip // 2, n_edges - ROWS * Ip // 2])
+    c = scratch[at[2] : at[3]].reshape(threads, N, chunks, ROWS * TOKENS)
+    edge = scratch[at[3] : at[4]].view(np.uint16).reshape(ROWS, Ip)
+    tail = scratch[at[4] : at[5]].view(np.uint16).reshape(-1, STEP)
+    if O % ROWS:
+        edge[:] = 0
+        edge[: O % ROWS, :I] = w_OI[O - O % ROWS :]
+    if I % STEP:
+        tail[:] = 0
+        tail[:O, : I % STEP] = w_OI[:, I - I % STEP :]
+    for t0 in range(0, T, N * TOKENS):
+        n = (min(N * TOKENS, T - t0) + TOKENS - 1) // TOKENS  # the last chunk may be shorter
+        xv = scratch[: n * n_split // N].view(np.uint16).reshape(n, S, PARTS, 2, 16, 16, 2)
+        parts = scratch[at[1] : at[1] + n * n_split // N].view(np.uint16).reshape(PARTS, n * TOKENS, Ip)
+        split_bf16(xv, x_TI, t0, parts)
+        tile_products(y_TO, t0, xv, w_OI, edge, tail, c[:, :n])

@@ -151,7 +151,7 @@ class Linear:
         if T <= SMALL_T:
             return 0
         if self.amx:
-            return amx.scratch_floats(I, T, get_num_threads())
+            return amx.scratch_floats(O, I, T, get_num_threads())
         if SGEMM is not None:
             return get_num_threads() * TILE_ROWS * I
         return O * I
