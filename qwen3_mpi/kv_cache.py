@@ -2,12 +2,14 @@
 
 import numpy as np
 
+from . import aligned
+
 
 class KVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, max_positions: int, head_dim: int):
         shape = (n_layers, n_kv_heads, max_positions, head_dim)
-        self.k_LGSK = np.zeros(shape, np.float32)
-        self.v_LGSK = np.zeros(shape, np.float32)
+        self.k_LGSK = aligned.zeros(shape, np.float32)
+        self.v_LGSK = aligned.zeros(shape, np.float32)
 
     def layer(self, i: int):
         return self.k_LGSK[i], self.v_LGSK[i]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import aligned
 from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
@@ -63,7 +64,7 @@ def _fused(ckpt: Checkpoint, parts: list[tuple[str, tuple[int, int], tuple[int, 
     into it; it stays bf16 when every part is bf16, else float32."""
     dtypes = [ckpt.raw_dtype(name, shape) for name, shape, _ in parts]
     dtype = np.uint16 if all(d == np.uint16 for d in dtypes) else np.float32
-    w_OI = np.empty((sum(r1 - r0 for _, _, (r0, r1) in parts), cols), dtype)
+    w_OI = aligned.empty((sum(r1 - r0 for _, _, (r0, r1) in parts), cols), dtype)
     start = 0
     for (name, shape, (r0, r1)), part_dtype in zip(parts, dtypes):
         rows = w_OI[start : start + r1 - r0]
@@ -180,19 +181,19 @@ class Model:
         self.cache = KVCache(config.num_hidden_layers, G, max_context, K)
         self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
         self.scale = np.float32(K**-0.5)
-        f32 = np.float32
-        self.x_TD = np.zeros((T, D), f32)  # the residual stream, identical on every rank
-        self.h_TD = np.zeros((T, D), f32)  # normed input of a block
-        self.part_TD = np.zeros((T, D), f32)  # this rank's partial sum of a block's output
-        self.qkv_TO = np.zeros((T, (H + 2 * G) * K), f32)
-        self.attn_TO = np.zeros((T, H * K), f32)
-        self.gu_TO = np.zeros((T, 2 * F), f32)
-        self.act_TF = np.zeros((T, F), f32)
-        self.logits_1V = np.zeros((1, layout.n_vocab), f32)
+        f32, zeros = np.float32, aligned.zeros  # every buffer on a cache line (see aligned.py)
+        self.x_TD = zeros((T, D), f32)  # the residual stream, identical on every rank
+        self.h_TD = zeros((T, D), f32)  # normed input of a block
+        self.part_TD = zeros((T, D), f32)  # this rank's partial sum of a block's output
+        self.qkv_TO = zeros((T, (H + 2 * G) * K), f32)
+        self.attn_TO = zeros((T, H * K), f32)
+        self.gu_TO = zeros((T, 2 * F), f32)
+        self.act_TF = zeros((T, F), f32)
+        self.logits_1V = zeros((1, layout.n_vocab), f32)
         linears = [weights.lm_head] + [
             m for layer in weights.layers for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
         ]
-        self.scratch = np.zeros(max(m.scratch_size(T) for m in linears), f32)
+        self.scratch = zeros(max(m.scratch_size(T) for m in linears), f32)
         self.set_attention(attention)
 
     def set_attention(self, attention: str) -> None:
@@ -206,7 +207,7 @@ class Model:
         else:
             group = int(np.diff(self.heads_of_G).max())
             size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group)
-        self.attn_scratch = np.zeros((threads, size), np.float32)
+        self.attn_scratch = aligned.zeros((threads, size), np.float32)
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0

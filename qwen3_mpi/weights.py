@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import aligned
 from .errors import UserError
 
 # safetensors dtype -> (numpy dtype of the raw bytes, bytes per element)
@@ -127,7 +128,7 @@ class Checkpoint:
         r0, r1 = rows or (0, n_rows)
         c0, c1 = cols or (0, n_cols)
         if out is None:
-            out = np.empty((r1 - r0, c1 - c0), dtype=raw)
+            out = aligned.empty((r1 - r0, c1 - c0), raw)
         assert out.shape == (r1 - r0, c1 - c0) and out.dtype == raw and out.flags.c_contiguous
         row_bytes = n_cols * raw.itemsize
         fd = os.open(t.file, os.O_RDONLY)

@@ -11,6 +11,7 @@ import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 
+from .. import aligned
 from . import amx
 from .bf16 import to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
@@ -116,7 +117,7 @@ class Linear:
 
     def __init__(self, w_OI: np.ndarray):
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
-        self.w_OI = w_OI
+        self.w_OI = w_OI if aligned.is_aligned(w_OI) else aligned.copy(w_OI)  # tile rows on cache lines
         self.amx = amx.AVAILABLE and w_OI.dtype == np.uint16
 
     @property
