@@ -212,7 +212,7 @@ def test_bf16_parts_sum_to_x_exactly():
     x = x[:I]
     S = (I + 31) // 32
     xv = np.full((1, S, amx.PARTS, 2, 16, 16, 2), 0xFFFF, np.uint16)  # [n, s, p, h, k, t, j]
-    amx.split_bf16(xv, x.reshape(T, I), 0, np.zeros((amx.PARTS, 32, 32 * S), np.uint16))
+    amx.split_bf16(xv, x.reshape(T, I), 0, 0, np.zeros((amx.PARTS, 32, 32 * S), np.uint16))
     token0 = xv[0, :, :, 0, :, 0, :]  # [s, p, k, j]: column 32s + 2k + j
     parts = bf16_to_f32(token0.transpose(1, 0, 2, 3).reshape(amx.PARTS, 32 * S)).astype(np.float64)
     assert np.array_equal(parts[:, :I].sum(axis=0), x.astype(np.float64))
@@ -223,7 +223,7 @@ def test_bf16_parts_sum_to_x_exactly():
 @pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
 @pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
 def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
-    """Every path through the tile kernel: partial row blocks, a column tail, several partial sums over I,
+    """Every path through the tile kernel: partial row blocks, a column tail, several slabs of I,
     several chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
     carry all 24 bits; bf16 x alone would be ~1000x worse)."""
     local = np.random.default_rng(I)  # fixed data: the bound holds with margin (measured ratio 0.5-1.5)

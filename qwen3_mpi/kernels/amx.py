@@ -31,7 +31,7 @@ TOKENS = 32  # tokens per pass over a task's rows (two B tiles)
 STEP = 32  # bf16 elements of I per tile product
 PARTS = 3  # bf16 parts of each activation
 T_CHUNK = 128  # tokens split at a time
-SLAB_STEPS = 32  # steps (1024 columns) summed in the C tiles before a partial sum goes out, as sgemm does
+SLAB = 1024  # columns of I split at a time: 3 x 1024 x 128 bf16 = 768 KiB stay in L2
 
 _SYS_ARCH_PRCTL = 158  # x86_64
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -197,22 +197,22 @@ def _bf16_parts(v):
 
 
 @njit(parallel=True, cache=True)
-def split_bf16(xv_NSPHKTJ, x_TI, t0, parts_PTI):
-    """xv[n, s, p, h, k, t, j] = bf16 part p of x[t0 + 32n + 16h + t, 32s + 2k + j]; zero past x's rows
-    and columns. Every (n, s, p, h) is one B tile, 1 KiB contiguous.
+def split_bf16(xv_NSPHKTJ, x_TI, t0, i0, parts_PTI):
+    """xv[n, s, p, h, k, t, j] = bf16 part p of x[t0 + 32n + 16h + t, i0 + 32s + 2k + j]; zero past x's
+    rows and columns. Every (n, s, p, h) is one B tile, 1 KiB contiguous.
 
     Two passes, each over contiguous memory: the parts of each row of x (vectorized) into parts[p, t],
     then 16 x 16 blocks of bf16 pairs (32 bits) transposed into xv."""
     N, S, P = xv_NSPHKTJ.shape[:3]
     Tp = TOKENS * N
     T = min(Tp, x_TI.shape[0] - t0)
-    I = x_TI.shape[1]
+    width = min(STEP * S, x_TI.shape[1] - i0)
     for t in prange(Tp):
         if t < T:
-            x = x_TI[t0 + t]
-            for i in range(I):
+            x = x_TI[t0 + t, i0 : i0 + width]
+            for i in range(width):
                 parts_PTI[0, t, i], parts_PTI[1, t, i], parts_PTI[2, t, i] = _bf16_parts(x[i])
-            parts_PTI[:, t, I:] = 0
+            parts_PTI[:, t, width:] = 0
         else:
             parts_PTI[:, t, :] = 0
     pairs_PTK = parts_PTI.view(np.uint32)
@@ -228,110 +228,121 @@ def split_bf16(xv_NSPHKTJ, x_TI, t0, parts_PTI):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def tile_products(y_TO, t0, xv_NSPHKTJ, w_OI, edge_RI, tail_OK, c_TNCX):
-    """y[t0 + t, o] = sum over parts p and k of W[o, k] xv[...]: the tokens xv holds, all of I.
+def tile_products(y_TO, t0, xv_NSPHKTJ, w_OI, i0, accumulate, edge_RI, tail_OK, c_TNX):
+    """y[t0 + t, o] (+)= sum over parts p and k of W[o, i0 + k] xv[...]: the tokens and the columns (a
+    slab of I from i0) that xv holds.
 
     A task takes 32 rows of W (two A tiles per step, read in place) and runs them against every 32
-    tokens (two B tiles per part and step), accumulating float32 partial sums of SLAB_STEPS steps in the
-    four C tiles; the partial sums are added and transposed into y at the end of the task. The last
-    block of fewer than 32 rows comes from edge (zero-padded), the columns past the last whole step of
-    32 from tail (zero-padded): nothing past the end of W is read.
+    tokens (two B tiles per part and step), accumulating in the four C tiles, which are then transposed
+    into y. The last block of fewer than 32 rows comes from edge (zero-padded), the columns past the
+    last whole step of 32 from tail (zero-padded): nothing past the end of W is read.
 
     Only the first pass over a task's rows reads them from memory (the others find them in L2), and a
     tile load stalls the tile unit until its data is there: so during the later passes the next task's
-    rows, contiguous in W, are prefetched into L2 a few lines per step (measured 5-10% faster)."""
+    rows are prefetched into L2 a few lines per step (measured 5-10% faster)."""
     O, I = w_OI.shape
     N, S, P = xv_NSPHKTJ.shape[:3]
     T = min(TOKENS * N, y_TO.shape[0] - t0)
+    s0 = i0 // STEP  # the slab's first step in W
     full = I // STEP  # steps read from W in place
     Ip = edge_RI.shape[1]
-    chunks = c_TNCX.shape[2]
     tile = 512  # bf16 elements of a B tile
-    lines = ROWS * I // 32  # 64-byte lines of a task's rows
+    row_lines = (min(STEP * S, I - i0) + 31) // 32  # 64-byte lines of a row's slab
+    lines = ROWS * row_lines
     per = (lines + max(N - 1, 1) * S - 1) // (max(N - 1, 1) * S)  # lines prefetched per step
     for b in prange((O + ROWS - 1) // ROWS):
         o0 = b * ROWS
         ahead = o0 + 2 * ROWS <= O  # the next task reads W in place
-        c = c_TNCX[get_thread_id()]
+        c = c_TNX[get_thread_id()]
         tile_config(CONFIG)
         for n in range(N):
-            for k in range(chunks):
-                tile_zero(4)
-                tile_zero(5)
-                tile_zero(6)
-                tile_zero(7)
-                for s in range(k * SLAB_STEPS, min(S, (k + 1) * SLAB_STEPS)):
-                    if ahead and (n > 0 or N == 1):
-                        first = ((n - 1 if N > 1 else 0) * S + s) * per
-                        for line in range(first, min(first + per, lines)):
-                            prefetch(w_OI, (o0 + ROWS) * I + line * 32)
-                    if o0 + ROWS > O:
-                        tile_load(0, edge_RI, s * STEP, Ip)
-                        tile_load(1, edge_RI, 16 * Ip + s * STEP, Ip)
-                    elif s < full:
-                        tile_load(0, w_OI, o0 * I + s * STEP, I)
-                        tile_load(1, w_OI, (o0 + 16) * I + s * STEP, I)
-                    else:
-                        tile_load(0, tail_OK, o0 * STEP, STEP)
-                        tile_load(1, tail_OK, (o0 + 16) * STEP, STEP)
-                    at = (n * S + s) * P * 2 * tile
-                    for p in range(P):
-                        # each B tile is loaded right before its two products, whose order frees the
-                        # register early for the next load (twice the rate of loading both first)
-                        tile_load(2, xv_NSPHKTJ, at, 32)
-                        tile_dpbf16ps(4, 0, 2)
-                        tile_dpbf16ps(6, 1, 2)
-                        tile_load(3, xv_NSPHKTJ, at + tile, 32)
-                        tile_dpbf16ps(5, 0, 3)
-                        tile_dpbf16ps(7, 1, 3)
-                        at += 2 * tile
-                # c[n, k, q, r, t]: tile q = rows 0-15 / 16-31 (q // 2) x tokens 0-15 / 16-31 (q % 2)
-                tile_store(4, c[n, k], 0, 16)
-                tile_store(5, c[n, k], 256, 16)
-                tile_store(6, c[n, k], 512, 16)
-                tile_store(7, c[n, k], 768, 16)
+            tile_zero(4)
+            tile_zero(5)
+            tile_zero(6)
+            tile_zero(7)
+            for s in range(S):
+                if ahead and (n > 0 or N == 1):
+                    first = ((n - 1 if N > 1 else 0) * S + s) * per
+                    if first < lines:
+                        r = first // row_lines
+                        at = (o0 + ROWS + r) * I + i0 + (first - r * row_lines) * 32  # its first line
+                        end = (o0 + ROWS + r) * I + i0 + row_lines * 32  # the end of that row's slab
+                        for _ in range(min(per, lines - first)):
+                            if at >= end:  # on to the next row
+                                at += I - row_lines * 32
+                                end += I
+                            prefetch(w_OI, at)
+                            at += 32
+                g = s0 + s  # step in W
+                if o0 + ROWS > O:
+                    tile_load(0, edge_RI, g * STEP, Ip)
+                    tile_load(1, edge_RI, 16 * Ip + g * STEP, Ip)
+                elif g < full:
+                    tile_load(0, w_OI, o0 * I + g * STEP, I)
+                    tile_load(1, w_OI, (o0 + 16) * I + g * STEP, I)
+                else:
+                    tile_load(0, tail_OK, o0 * STEP, STEP)
+                    tile_load(1, tail_OK, (o0 + 16) * STEP, STEP)
+                at = (n * S + s) * P * 2 * tile
+                for p in range(P):
+                    # each B tile is loaded right before its two products, whose order frees the
+                    # register early for the next load (twice the rate of loading both first)
+                    tile_load(2, xv_NSPHKTJ, at, 32)
+                    tile_dpbf16ps(4, 0, 2)
+                    tile_dpbf16ps(6, 1, 2)
+                    tile_load(3, xv_NSPHKTJ, at + tile, 32)
+                    tile_dpbf16ps(5, 0, 3)
+                    tile_dpbf16ps(7, 1, 3)
+                    at += 2 * tile
+            # c[n, q, r, t]: tile q = rows 0-15 / 16-31 (q // 2) x tokens 0-15 / 16-31 (q % 2)
+            tile_store(4, c[n], 0, 16)
+            tile_store(5, c[n], 256, 16)
+            tile_store(6, c[n], 512, 16)
+            tile_store(7, c[n], 768, 16)
         tile_release()
-        # y row by row (contiguous stores), from c[n, k, q, r, t] with q = 2 (r >= 16) + (t >= 16)
+        # y row by row (contiguous stores)
         rows = min(ROWS, O - o0)
         for n in range(N):
             for t in range(min(TOKENS, T - TOKENS * n)):
                 y_row = y_TO[t0 + TOKENS * n + t, o0 : o0 + rows]
-                for r in range(rows):
-                    at = (r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16
-                    v = c[n, 0, at]
-                    for k in range(1, chunks):
-                        v += c[n, k, at]
-                    y_row[r] = v
+                c_n = c[n]
+                if accumulate:
+                    for r in range(rows):
+                        y_row[r] += c_n[(r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16]
+                else:
+                    for r in range(rows):
+                        y_row[r] = c_n[(r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16]
 
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-def _sizes(O: int, I: int, T: int, threads: int) -> tuple[int, int, int, int, int, int, int]:
-    """Padded columns, steps of 32, token blocks of 32 per chunk of tokens, partial sums per C tile, and
-    float32 elements of: the split (VNNI tiles and row-major parts), the C tiles, edge and tail."""
+def _sizes(O: int, I: int, T: int, threads: int) -> tuple[int, int, int, int, int, int]:
+    """Padded columns, slab width, token blocks of 32 per chunk of tokens, and float32 elements of: the
+    split of a slab (VNNI tiles and row-major parts), the C tiles, edge and tail."""
     Ip = _round_up(I, STEP)
-    S, N = Ip // STEP, _round_up(min(T, T_CHUNK), TOKENS) // TOKENS
-    chunks = (S + SLAB_STEPS - 1) // SLAB_STEPS
-    n_split = PARTS * Ip * N * TOKENS // 2
-    return Ip, S, N, chunks, n_split, threads * N * chunks * ROWS * TOKENS, (ROWS * Ip + _round_up(O, ROWS) * STEP) // 2
+    slab, N = min(Ip, SLAB), _round_up(min(T, T_CHUNK), TOKENS) // TOKENS
+    n_split = PARTS * slab * N * TOKENS // 2
+    return Ip, slab, N, n_split, threads * N * ROWS * TOKENS, (ROWS * Ip + _round_up(O, ROWS) * STEP) // 2
 
 
 def scratch_floats(O: int, I: int, T: int, threads: int) -> int:
     """float32 elements of scratch that matmul needs for x [T, I] and W [O, I]."""
-    _, _, _, _, n_split, n_c, n_edges = _sizes(O, I, T, threads)
+    _, _, _, n_split, n_c, n_edges = _sizes(O, I, T, threads)
     return 2 * n_split + n_c + n_edges
 
 
 def matmul(y_TO, x_TI, w_OI, scratch, threads: int) -> None:
-    """y = x @ W.T for bf16 bits W [O, I], float32 x [T, I] and y [T, O]: T_CHUNK tokens at a time (their
-    split, 3 x I x 128 bf16, is read from L2 or L3 while every row of W passes by once per 32 tokens)."""
+    """y = x @ W.T for bf16 bits W [O, I], float32 x [T, I] and y [T, O]: T_CHUNK tokens by SLAB columns
+    at a time (their split, 3 x 128 x 1024 bf16 = 768 KiB, stays in L2 while every row of W passes by
+    once per 32 tokens; the slabs' float32 partial sums are added in y, as sgemm adds its K blocks).
+    scratch must start on a cache line (aligned.py): so do all the tiles carved from it."""
     T, I = x_TI.shape
     O = w_OI.shape[0]
-    Ip, S, N, chunks, n_split, n_c, n_edges = _sizes(O, I, T, threads)
+    Ip, slab, N, n_split, n_c, n_edges = _sizes(O, I, T, threads)
     at = np.cumsum([0, n_split, n_split, n_c, ROWS * Ip // 2, n_edges - ROWS * Ip // 2])
-    c = scratch[at[2] : at[3]].reshape(threads, N, chunks, ROWS * TOKENS)
+    c = scratch[at[2] : at[3]].reshape(threads, N, ROWS * TOKENS)
     edge = scratch[at[3] : at[4]].view(np.uint16).reshape(ROWS, Ip)
     tail = scratch[at[4] : at[5]].view(np.uint16).reshape(-1, STEP)
     if O % ROWS:
@@ -342,7 +353,17 @@ def matmul(y_TO, x_TI, w_OI, scratch, threads: int) -> None:
         tail[:O, : I % STEP] = w_OI[:, I - I % STEP :]
     for t0 in range(0, T, N * TOKENS):
         n = (min(N * TOKENS, T - t0) + TOKENS - 1) // TOKENS  # the last chunk may be shorter
-        xv = scratch[: n * n_split // N].view(np.uint16).reshape(n, S, PARTS, 2, 16, 16, 2)
-        parts = scratch[at[1] : at[1] + n * n_split // N].view(np.uint16).reshape(PARTS, n * TOKENS, Ip)
-        split_bf16(xv, x_TI, t0, parts)
-        tile_products(y_TO, t0, xv, w_OI, edge, tail, c[:, :n])
+        for i0 in range(0, I, slab):
+            width = min(slab, Ip - i0)
+            xv = (
+                scratch[: n * width * PARTS * TOKENS // 2]
+                .view(np.uint16)
+                .reshape(n, width // STEP, PARTS, 2, 16, 16, 2)
+            )
+            parts = (
+                scratch[at[1] : at[1] + n * width * PARTS * TOKENS // 2]
+                .view(np.uint16)
+                .reshape(PARTS, n * TOKENS, width)
+            )
+            split_bf16(xv, x_TI, t0, i0, parts)
+            tile_products(y_TO, t0, xv, w_OI, i0, i0 > 0, edge, tail, c[:, :n])
