@@ -300,18 +300,21 @@ def tile_products(y_TO, t0, xv_NSPHKTJ, w_OI, i0, accumulate, edge_RI, tail_OK, 
             tile_store(6, c[n], 512, 16)
             tile_store(7, c[n], 768, 16)
         tile_release()
-        # y row by row (contiguous stores)
+        # y row by row (contiguous stores): row r, token t of the task is c[n, q, r % 16, t % 16] with
+        # tile q = 2 (r >= 16) + (t >= 16); a half row of y reads one column of a tile (stride 16)
         rows = min(ROWS, O - o0)
         for n in range(N):
             for t in range(min(TOKENS, T - TOKENS * n)):
                 y_row = y_TO[t0 + TOKENS * n + t, o0 : o0 + rows]
-                c_n = c[n]
-                if accumulate:
-                    for r in range(rows):
-                        y_row[r] += c_n[(r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16]
-                else:
-                    for r in range(rows):
-                        y_row[r] = c_n[(r // 16 * 2 + t // 16) * 256 + r % 16 * 16 + t % 16]
+                for h in range(2):
+                    column = c[n, (2 * h + t // 16) * 256 + t % 16 :: 16]
+                    half = y_row[16 * h : min(16 * h + 16, rows)]
+                    if accumulate:
+                        for r in range(half.shape[0]):
+                            half[r] += column[r]
+                    else:
+                        for r in range(half.shape[0]):
+                            half[r] = column[r]
 
 
 def _round_up(n: int, m: int) -> int:
