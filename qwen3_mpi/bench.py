@@ -24,7 +24,7 @@ from .sampling import Sampler, SamplingParams
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights a decode step reads on this rank: every matrix once, one embedding row."""
     w = model.weights
-    total = w.lm_head.nbytes + w.embed_VD.strides[0]
+    total = w.lm_head.nbytes + w.embed.row_nbytes
     for layer in w.layers:
         total += sum(m.nbytes for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
     return total

@@ -17,7 +17,7 @@ from . import aligned
 from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
-from .kernels import Linear, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
+from .kernels import Linear, qk_norm_rope_cache, rmsnorm, silu_mul
 from .kernels.attention import (
     ATTENTION_KERNELS,
     BLOCKS_MIN_T,
@@ -46,14 +46,14 @@ class LayerWeights:
 
 @dataclass
 class ShardWeights:
-    embed_VD: np.ndarray  # this rank's vocabulary rows of embed_tokens (raw dtype)
+    embed: Linear  # this rank's vocabulary rows of embed_tokens (looked up by row)
     lm_head: Linear  # this rank's vocabulary rows of lm_head (the embedding when tied)
     norm_D: np.ndarray
     layers: list[LayerWeights]
 
     @property
     def nbytes(self) -> int:
-        n = self.embed_VD.nbytes + (0 if self.lm_head.w_OI is self.embed_VD else self.lm_head.nbytes)
+        n = self.embed.nbytes + (0 if self.lm_head is self.embed else self.lm_head.nbytes)
         for layer in self.layers:
             n += sum(m.nbytes for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj))
         return n
@@ -148,7 +148,7 @@ def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> Sh
         )
     embed = _matrix(one(*plan["embed"]))
     lm_head = _matrix(one(*plan["lm_head"])) if plan["lm_head"] else embed
-    return ShardWeights(embed.w_OI, lm_head, as_f32(one(*plan["norm"])), layers)
+    return ShardWeights(embed, lm_head, as_f32(one(*plan["norm"])), layers)
 
 
 class Model:
@@ -223,7 +223,7 @@ class Model:
         qkv, attn, gu, act = self.qkv_TO[:T], self.attn_TO[:T], self.gu_TO[:T], self.act_TF[:T]
 
         # embedding rows of this rank's vocabulary (zeros elsewhere) -> full embeddings
-        embed_rows(part, ids_T, w.embed_VD, self.layout.vocab[0])
+        w.embed.rows(part, ids_T, self.layout.vocab[0])
         x[:] = 0.0
         comm.combine(x, part)
         for i, layer in enumerate(w.layers):

@@ -107,15 +107,14 @@ LINEAR_PATHS = ["bf16-amx", "bf16-sgemm", "f32"]  # bf16-amx where the CPU has A
 @pytest.mark.parametrize("path", LINEAR_PATHS)
 @pytest.mark.parametrize("T", [1, 2, SMALL_T, SMALL_T + 1, 37])
 @pytest.mark.parametrize("O", [1, 3, 1000, 1001, 1002, 1003])
-def test_linear_matches_numpy(path, T, O):
-    I = 72  # two whole AMX steps of 32 and a partial one
+@pytest.mark.parametrize("I", [72, 71])  # two whole AMX steps of 32 and a partial one; an odd column
+def test_linear_matches_numpy(path, T, O, I):
     w = rng.standard_normal((O, I), dtype=np.float32)
     if path != "f32":
         w = to_bf16_bits(w)
     w32 = bf16_to_f32(w) if path != "f32" else w
     x = rng.standard_normal((T, I), dtype=np.float32)
-    lin = Linear(w)  # 1000 rows: several tiles, the last one partial
-    lin.amx = lin.amx and path == "bf16-amx"
+    lin = Linear(w, tiles=path == "bf16-amx")  # 1000 rows: several tiles, the last one partial
     y = np.zeros((T, O), np.float32)
     lin(y, x, np.zeros(lin.scratch_size(T), np.float32))
     np.testing.assert_allclose(y, x.astype(np.float64) @ w32.T.astype(np.float64), atol=1e-4, rtol=1e-4)
@@ -210,21 +209,42 @@ def test_bf16_parts_sum_to_x_exactly():
     x[:3] = [0.0, -0.0, 1.0]
     T, I = 1, x.size - 7  # a column tail: I is not a multiple of 32
     x = x[:I]
-    S = (I + 31) // 32
-    xv = np.full((1, S, amx.PARTS, 2, 16, 16, 2), 0xFFFF, np.uint16)  # [n, s, p, h, k, t, j]
-    amx.split_bf16(xv, x.reshape(T, I), 0, 0, np.zeros((amx.PARTS, 32, 32 * S), np.uint16))
-    token0 = xv[0, :, :, 0, :, 0, :]  # [s, p, k, j]: column 32s + 2k + j
-    parts = bf16_to_f32(token0.transpose(1, 0, 2, 3).reshape(amx.PARTS, 32 * S)).astype(np.float64)
-    assert np.array_equal(parts[:, :I].sum(axis=0), x.astype(np.float64))
-    assert not parts[:, I:].any()  # columns past I are zeros
-    assert not xv[0, :, :, 0, :, 1:, :].any() and not xv[0, :, :, 1].any()  # tokens past T are zeros
+    parts = np.full((amx.PARTS, 32, I + 7), 0xFFFF, np.uint16)  # [p, t, i]
+    amx.split_bf16(parts, x.reshape(T, I), 0, 0)
+    values = bf16_to_f32(parts[:, 0]).astype(np.float64)
+    assert np.array_equal(values[:, :I].sum(axis=0), x.astype(np.float64))
+    assert not parts[:, 0, I:].any()  # columns past I are zeros
+    assert not parts[:, 1:].any()  # tokens past T are zeros
+
+
+def test_pack_puts_every_weight_where_the_tiles_read_it():
+    O, I = 37, 70  # partial blocks of 16 outputs and 32 columns
+    w = rng.integers(1, 2**15, (O, I)).astype(np.uint16)
+    wv = amx.pack(w)  # [b, s, k, o, j] = W[16b + o, 32s + 2k + j]
+    assert wv.shape == (4, 3, 16, 16, 2) and wv.ctypes.data % 64 == 0
+    full = wv.transpose(0, 3, 1, 2, 4).reshape(64, 96)  # [16b + o, 32s + 2k + j]
+    assert np.array_equal(full[:O, :I], w)
+    assert not full[O:].any() and not full[:, I:].any()
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_linear_rows_are_the_weight_rows(tiles):
+    O, I = 37, 70
+    w = to_bf16_bits(rng.standard_normal((O, I), dtype=np.float32))
+    lin = Linear(w, tiles=tiles)
+    ids = np.array([100, 137, 99, 136, 120, 5], np.int64)  # rows 100..136 of a vocabulary slice; others 0
+    out = np.full((len(ids), I), np.nan, np.float32)
+    lin.rows(out, ids, 100)
+    expect = np.zeros((len(ids), I), np.float32)
+    expect[[0, 3, 4]] = bf16_to_f32(w[[0, 36, 20]])
+    assert np.array_equal(out, expect)
 
 
 @pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
 @pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
 def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
-    """Every path through the tile kernel: partial row blocks, a column tail, several slabs of I,
-    several chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
+    """Every path through the tile kernel: partial blocks of outputs and of tokens, a column tail,
+    several slabs of I (accumulating in y), several chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
     carry all 24 bits; bf16 x alone would be ~1000x worse)."""
     local = np.random.default_rng(I)  # fixed data: the bound holds with margin (measured ratio 0.5-1.5)
     w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
@@ -233,7 +253,7 @@ def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
     exact = x.astype(np.float64) @ w32.T.astype(np.float64)
     y = np.full((T, O), np.nan, np.float32)
     threads = numba.get_num_threads()
-    amx.matmul(y, x, w, np.zeros(amx.scratch_floats(O, I, T, threads), np.float32), threads)
+    amx.matmul(y, x, amx.pack(w), np.zeros(amx.scratch_floats(I, T, threads), np.float32), threads)
     scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
     sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
     amx_error = np.max(np.abs(y - exact) / scale)

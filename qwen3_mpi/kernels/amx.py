@@ -7,10 +7,11 @@ significant bits, so W @ x = W @ hi + W @ mid + W @ lo accumulated in float32 ha
 product (measured: max error 1.2-3e-6 against float64 where sgemm has 2-2.6e-6). Three passes over the
 bf16 units still run at 2.5-3.5x the float32 sgemm rate on the same cores.
 
-Layout: the weight tile (A) is 16 rows of W [O, I] read in place (32 bf16 = 64 bytes per row); the
-activation tile (B) must be "VNNI" pairs, so the split writes each B tile (16 pairs of columns x 16
-tokens x 2) as 1 KiB of contiguous memory. A tile of C is then W rows x tokens, transposed into y [T, O].
-Four C tiles (32 rows x 32 tokens), two A and two B tiles use all eight tile registers.
+Layout: the activation tile (A) is 16 tokens x 32 columns of one part, read from the split's rows; the
+weight tile (B) must be "VNNI" pairs (column pairs interleaved per output), so the weights are packed
+once at load (pack(): the same bytes, every tile 1 KiB contiguous). A tile of C is then 16 tokens x 16
+outputs, stored straight into y [T, O]. Four C tiles (32 tokens x 32 outputs), two A and two B tiles use
+all eight tile registers.
 
 Linux hands out the AMX register state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel >= 5.16);
 AVAILABLE says whether this process has it and numba compiles for a CPU with amx-tile and amx-bf16.
@@ -26,8 +27,10 @@ from llvmlite import ir
 from numba import get_thread_id, njit, prange, types
 from numba.extending import intrinsic
 
-ROWS = 32  # rows of W per task (two A tiles)
-TOKENS = 32  # tokens per pass over a task's rows (two B tiles)
+from .. import aligned
+
+ROWS = 32  # outputs (rows of W) per task: two B tiles
+TOKENS = 32  # tokens per pass over a task's weights: two A tiles
 STEP = 32  # bf16 elements of I per tile product
 PARTS = 3  # bf16 parts of each activation
 T_CHUNK = 128  # tokens split at a time
@@ -197,176 +200,179 @@ def _bf16_parts(v):
 
 
 @njit(parallel=True, cache=True)
-def split_bf16(xv_NSPHKTJ, x_TI, t0, i0, parts_PTI):
-    """xv[n, s, p, h, k, t, j] = bf16 part p of x[t0 + 32n + 16h + t, i0 + 32s + 2k + j]; zero past x's
-    rows and columns. Every (n, s, p, h) is one B tile, 1 KiB contiguous.
-
-    Two passes, each over contiguous memory: the parts of each row of x (vectorized) into parts[p, t],
-    then 16 x 16 blocks of bf16 pairs (32 bits) transposed into xv."""
-    N, S, P = xv_NSPHKTJ.shape[:3]
-    Tp = TOKENS * N
+def split_bf16(parts_PTI, x_TI, t0, i0):
+    """parts[p, t, i] = bf16 part p of x[t0 + t, i0 + i]; zero past x's rows and columns. A tile of 16
+    tokens x 32 columns of a part is then 16 rows of 64 bytes, SLAB * 2 bytes apart."""
+    Tp, width = parts_PTI.shape[1], parts_PTI.shape[2]
     T = min(Tp, x_TI.shape[0] - t0)
-    width = min(STEP * S, x_TI.shape[1] - i0)
+    n = min(width, x_TI.shape[1] - i0)
     for t in prange(Tp):
         if t < T:
-            x = x_TI[t0 + t, i0 : i0 + width]
-            for i in range(width):
+            x = x_TI[t0 + t, i0 : i0 + n]
+            for i in range(n):
                 parts_PTI[0, t, i], parts_PTI[1, t, i], parts_PTI[2, t, i] = _bf16_parts(x[i])
-            parts_PTI[:, t, width:] = 0
+            parts_PTI[:, t, n:] = 0
         else:
             parts_PTI[:, t, :] = 0
-    pairs_PTK = parts_PTI.view(np.uint32)
-    xv_NSPHKT = xv_NSPHKTJ.reshape(N, S, P, 2, 16, 32).view(np.uint32)
-    for job in prange(N * S):
-        n = job // S
-        s = job % S
-        for p in range(P):
-            for h in range(2):
-                for k in range(16):
-                    for t in range(16):
-                        xv_NSPHKT[n, s, p, h, k, t] = pairs_PTK[p, TOKENS * n + 16 * h + t, 16 * s + k]
+
+
+@njit(parallel=True, cache=True)
+def _pack(wv_BSKOJ, w_OI):
+    O, I = w_OI.shape
+    B, S = wv_BSKOJ.shape[:2]
+    for b in prange(B):
+        for s in range(S):
+            for k in range(16):
+                for o in range(16):
+                    for j in range(2):
+                        r, c = 16 * b + o, STEP * s + 2 * k + j
+                        wv_BSKOJ[b, s, k, o, j] = w_OI[r, c] if r < O and c < I else np.uint16(0)
+
+
+def pack(w_OI: np.ndarray) -> np.ndarray:
+    """bf16 bits W [O, I] -> wv [B, S, 16, 16, 2] with wv[b, s, k, o, j] = W[16b + o, 32s + 2k + j] (zero
+    past W; B = O rounded up to 32, over 16): the tile-unit ("VNNI") layout, every (b, s) one contiguous
+    1 KiB B tile; 64-byte aligned. The same bytes as W (plus padding), so decode reads no more."""
+    O, I = w_OI.shape
+    wv = aligned.empty((_round_up(O, ROWS) // 16, _round_up(I, STEP) // STEP, 16, 16, 2), np.uint16)
+    _pack(wv, w_OI)
+    return wv
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def tile_products(y_TO, t0, xv_NSPHKTJ, w_OI, i0, accumulate, edge_RI, tail_OK, c_TNX):
-    """y[t0 + t, o] (+)= sum over parts p and k of W[o, i0 + k] xv[...]: the tokens and the columns (a
-    slab of I from i0) that xv holds.
+def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
+    """y[t0 + t, o] (+)= sum over parts p and k of parts[p, t, k] W[o, i0 + k]: the tokens and the columns
+    (a slab of I from i0) that parts holds.
 
-    A task takes 32 rows of W (two A tiles per step, read in place) and runs them against every 32
-    tokens (two B tiles per part and step), accumulating in the four C tiles, which are then transposed
-    into y. The last block of fewer than 32 rows comes from edge (zero-padded), the columns past the
-    last whole step of 32 from tail (zero-padded): nothing past the end of W is read.
+    A task takes 32 outputs (two B tiles of W per step) and runs them against every 32 tokens (two A
+    tiles per part and step), accumulating in four C tiles of 16 tokens x 16 outputs, which start from y
+    (or zero) and go back into y by tile stores: y is written in place, row-major, no transposing. Tiles
+    that would reach past y's last token or output go through the thread's c.
 
-    Only the first pass over a task's rows reads them from memory (the others find them in L2), and a
-    tile load stalls the tile unit until its data is there: so during the later passes the next task's
-    rows are prefetched into L2 a few lines per step (measured 5-10% faster)."""
-    O, I = w_OI.shape
-    N, S, P = xv_NSPHKTJ.shape[:3]
-    T = min(TOKENS * N, y_TO.shape[0] - t0)
+    Only the first pass over a task's weights reads them from memory (the others find them in L2);
+    during the later passes the next task's weights are prefetched into L2 a few lines per step."""
+    T_all, O = y_TO.shape
+    P, Tp, width = parts_PTI.shape
+    N = Tp // TOKENS
+    T = min(Tp, T_all - t0)
+    S = (min(width, SLAB) + STEP - 1) // STEP
     s0 = i0 // STEP  # the slab's first step in W
-    full = I // STEP  # steps read from W in place
-    Ip = edge_RI.shape[1]
-    tile = 512  # bf16 elements of a B tile
-    row_lines = (min(STEP * S, I - i0) + 31) // 32  # 64-byte lines of a row's slab
-    lines = ROWS * row_lines
+    steps = wv_BSKOJ.shape[1]
+    tile = 512  # bf16 elements of a tile
+    lines = 2 * S * tile // 32  # 64-byte lines of a task's slab of W (two runs of S tiles)
     per = (lines + max(N - 1, 1) * S - 1) // (max(N - 1, 1) * S)  # lines prefetched per step
-    for b in prange((O + ROWS - 1) // ROWS):
-        o0 = b * ROWS
-        ahead = o0 + 2 * ROWS <= O  # the next task reads W in place
-        c = c_TNX[get_thread_id()]
+    for task in prange(wv_BSKOJ.shape[0] // 2):
+        o0 = task * ROWS
+        b0 = (2 * task * steps + s0) * tile  # W tiles of outputs o0.. and o0 + 16.. for step s: b0 + s * tile
+        b1 = b0 + steps * tile
+        ahead = o0 + 2 * ROWS <= wv_BSKOJ.shape[0] * 16  # the next task's tiles exist
+        c = c_TQX[get_thread_id()]
         tile_config(CONFIG)
         for n in range(N):
-            tile_zero(4)
-            tile_zero(5)
-            tile_zero(6)
-            tile_zero(7)
+            t = t0 + TOKENS * n
+            whole = t + TOKENS <= t0 + T and o0 + ROWS <= O  # all four C tiles inside y
+            if not accumulate:
+                tile_zero(4)
+                tile_zero(5)
+                tile_zero(6)
+                tile_zero(7)
+            elif whole:
+                tile_load(4, y_TO, t * O + o0, O)
+                tile_load(5, y_TO, t * O + o0 + 16, O)
+                tile_load(6, y_TO, (t + 16) * O + o0, O)
+                tile_load(7, y_TO, (t + 16) * O + o0 + 16, O)
+            else:
+                _edge_in(c, y_TO, t, o0)
+                tile_load(4, c, 0, 16)
+                tile_load(5, c, 256, 16)
+                tile_load(6, c, 512, 16)
+                tile_load(7, c, 768, 16)
             for s in range(S):
                 if ahead and (n > 0 or N == 1):
                     first = ((n - 1 if N > 1 else 0) * S + s) * per
-                    if first < lines:
-                        r = first // row_lines
-                        at = (o0 + ROWS + r) * I + i0 + (first - r * row_lines) * 32  # its first line
-                        end = (o0 + ROWS + r) * I + i0 + row_lines * 32  # the end of that row's slab
-                        for _ in range(min(per, lines - first)):
-                            if at >= end:  # on to the next row
-                                at += I - row_lines * 32
-                                end += I
-                            prefetch(w_OI, at)
-                            at += 32
-                g = s0 + s  # step in W
-                if o0 + ROWS > O:
-                    tile_load(0, edge_RI, g * STEP, Ip)
-                    tile_load(1, edge_RI, 16 * Ip + g * STEP, Ip)
-                elif g < full:
-                    tile_load(0, w_OI, o0 * I + g * STEP, I)
-                    tile_load(1, w_OI, (o0 + 16) * I + g * STEP, I)
-                else:
-                    tile_load(0, tail_OK, o0 * STEP, STEP)
-                    tile_load(1, tail_OK, (o0 + 16) * STEP, STEP)
-                at = (n * S + s) * P * 2 * tile
+                    for line in range(first, min(first + per, lines)):
+                        # the next task's two runs of S tiles (outputs o0 + 32.. and o0 + 48..)
+                        run, i = (0, line) if line < lines // 2 else (1, line - lines // 2)
+                        prefetch(wv_BSKOJ, b0 + (2 + run) * steps * tile + 32 * i)
+                tile_load(0, wv_BSKOJ, b0 + s * tile, 32)
+                tile_load(1, wv_BSKOJ, b1 + s * tile, 32)
+                at = (TOKENS * n) * width + STEP * s  # parts[p, 32n, 32s]
                 for p in range(P):
-                    # each B tile is loaded right before its two products, whose order frees the
+                    # each A tile is loaded right before its two products, whose order frees the
                     # register early for the next load (twice the rate of loading both first)
-                    tile_load(2, xv_NSPHKTJ, at, 32)
-                    tile_dpbf16ps(4, 0, 2)
-                    tile_dpbf16ps(6, 1, 2)
-                    tile_load(3, xv_NSPHKTJ, at + tile, 32)
-                    tile_dpbf16ps(5, 0, 3)
-                    tile_dpbf16ps(7, 1, 3)
-                    at += 2 * tile
-            # c[n, q, r, t]: tile q = rows 0-15 / 16-31 (q // 2) x tokens 0-15 / 16-31 (q % 2)
-            tile_store(4, c[n], 0, 16)
-            tile_store(5, c[n], 256, 16)
-            tile_store(6, c[n], 512, 16)
-            tile_store(7, c[n], 768, 16)
+                    tile_load(2, parts_PTI, at, width)
+                    tile_dpbf16ps(4, 2, 0)
+                    tile_dpbf16ps(5, 2, 1)
+                    tile_load(3, parts_PTI, at + 16 * width, width)
+                    tile_dpbf16ps(6, 3, 0)
+                    tile_dpbf16ps(7, 3, 1)
+                    at += Tp * width
+            if whole:
+                tile_store(4, y_TO, t * O + o0, O)
+                tile_store(5, y_TO, t * O + o0 + 16, O)
+                tile_store(6, y_TO, (t + 16) * O + o0, O)
+                tile_store(7, y_TO, (t + 16) * O + o0 + 16, O)
+            else:
+                tile_store(4, c, 0, 16)
+                tile_store(5, c, 256, 16)
+                tile_store(6, c, 512, 16)
+                tile_store(7, c, 768, 16)
+                _edge_out(y_TO, c, t, o0)
         tile_release()
-        # y row by row (contiguous stores): row r, token t of the task is c[n, q, r % 16, t % 16] with
-        # tile q = 2 (r >= 16) + (t >= 16); a half row of y reads one column of a tile (stride 16)
-        rows = min(ROWS, O - o0)
-        for n in range(N):
-            for t in range(min(TOKENS, T - TOKENS * n)):
-                y_row = y_TO[t0 + TOKENS * n + t, o0 : o0 + rows]
-                for h in range(2):
-                    column = c[n, (2 * h + t // 16) * 256 + t % 16 :: 16]
-                    half = y_row[16 * h : min(16 * h + 16, rows)]
-                    if accumulate:
-                        for r in range(half.shape[0]):
-                            half[r] += column[r]
-                    else:
-                        for r in range(half.shape[0]):
-                            half[r] = column[r]
+
+
+@njit(inline="always")
+def _edge_in(c, y_TO, t, o0):
+    """c[q, r, i] = y[t + 16 (q // 2) + r, o0 + 16 (q % 2) + i] where y has it, else 0."""
+    T, O = y_TO.shape
+    for q in range(4):
+        for r in range(16):
+            for i in range(16):
+                tt, oo = t + 16 * (q // 2) + r, o0 + 16 * (q % 2) + i
+                c[q * 256 + r * 16 + i] = y_TO[tt, oo] if tt < T and oo < O else np.float32(0.0)
+
+
+@njit(inline="always")
+def _edge_out(y_TO, c, t, o0):
+    T, O = y_TO.shape
+    for q in range(4):
+        for r in range(16):
+            tt = t + 16 * (q // 2) + r
+            if tt < T:
+                for i in range(16):
+                    oo = o0 + 16 * (q % 2) + i
+                    if oo < O:
+                        y_TO[tt, oo] = c[q * 256 + r * 16 + i]
 
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
-def _sizes(O: int, I: int, T: int, threads: int) -> tuple[int, int, int, int, int, int]:
-    """Padded columns, slab width, token blocks of 32 per chunk of tokens, and float32 elements of: the
-    split of a slab (VNNI tiles and row-major parts), the C tiles, edge and tail."""
-    Ip = _round_up(I, STEP)
-    slab, N = min(Ip, SLAB), _round_up(min(T, T_CHUNK), TOKENS) // TOKENS
-    n_split = PARTS * slab * N * TOKENS // 2
-    return Ip, slab, N, n_split, threads * N * ROWS * TOKENS, (ROWS * Ip + _round_up(O, ROWS) * STEP) // 2
+def _sizes(I: int, T: int, threads: int) -> tuple[int, int, int, int]:
+    """Slab width, padded tokens per chunk, and float32 elements of the split of a slab and of the C
+    tiles of the partial blocks."""
+    slab, Tp = min(_round_up(I, STEP), SLAB), _round_up(min(T, T_CHUNK), TOKENS)
+    return slab, Tp, PARTS * Tp * slab // 2, threads * 4 * 256
 
 
-def scratch_floats(O: int, I: int, T: int, threads: int) -> int:
-    """float32 elements of scratch that matmul needs for x [T, I] and W [O, I]."""
-    _, _, _, n_split, n_c, n_edges = _sizes(O, I, T, threads)
-    return 2 * n_split + n_c + n_edges
+def scratch_floats(I: int, T: int, threads: int) -> int:
+    """float32 elements of scratch that matmul needs for x [T, I]."""
+    return sum(_sizes(I, T, threads)[2:])
 
 
-def matmul(y_TO, x_TI, w_OI, scratch, threads: int) -> None:
-    """y = x @ W.T for bf16 bits W [O, I], float32 x [T, I] and y [T, O]: T_CHUNK tokens by SLAB columns
-    at a time (their split, 3 x 128 x 1024 bf16 = 768 KiB, stays in L2 while every row of W passes by
-    once per 32 tokens; the slabs' float32 partial sums are added in y, as sgemm adds its K blocks).
-    scratch must start on a cache line (aligned.py): so do all the tiles carved from it."""
+def matmul(y_TO, x_TI, wv_BSKOJ, scratch, threads: int) -> None:
+    """y = x @ W.T for W packed by pack(), float32 x [T, I] and y [T, O]: T_CHUNK tokens by SLAB columns at
+    a time (their split, 3 x 128 x 1024 bf16 = 768 KiB, stays in L2 while every tile of W passes by once
+    per 32 tokens; the slabs accumulate into y, as sgemm adds its K blocks). Fastest when y, x and scratch
+    start on a cache line (aligned.py) and O is a multiple of 16: then every tile row is one line."""
     T, I = x_TI.shape
-    O = w_OI.shape[0]
-    Ip, slab, N, n_split, n_c, n_edges = _sizes(O, I, T, threads)
-    at = np.cumsum([0, n_split, n_split, n_c, ROWS * Ip // 2, n_edges - ROWS * Ip // 2])
-    c = scratch[at[2] : at[3]].reshape(threads, N, ROWS * TOKENS)
-    edge = scratch[at[3] : at[4]].view(np.uint16).reshape(ROWS, Ip)
-    tail = scratch[at[4] : at[5]].view(np.uint16).reshape(-1, STEP)
-    if O % ROWS:
-        edge[:] = 0
-        edge[: O % ROWS, :I] = w_OI[O - O % ROWS :]
-    if I % STEP:
-        tail[:] = 0
-        tail[:O, : I % STEP] = w_OI[:, I - I % STEP :]
-    for t0 in range(0, T, N * TOKENS):
-        n = (min(N * TOKENS, T - t0) + TOKENS - 1) // TOKENS  # the last chunk may be shorter
+    slab, Tp, n_split, n_c = _sizes(I, T, threads)
+    c = scratch[n_split : n_split + n_c].reshape(threads, 4 * 256)
+    for t0 in range(0, T, Tp):
+        tp = min(Tp, _round_up(T - t0, TOKENS))  # the last chunk may be shorter
         for i0 in range(0, I, slab):
-            width = min(slab, Ip - i0)
-            xv = (
-                scratch[: n * width * PARTS * TOKENS // 2]
-                .view(np.uint16)
-                .reshape(n, width // STEP, PARTS, 2, 16, 16, 2)
-            )
-            parts = (
-                scratch[at[1] : at[1] + n * width * PARTS * TOKENS // 2]
-                .view(np.uint16)
-                .reshape(PARTS, n * TOKENS, width)
-            )
-            split_bf16(xv, x_TI, t0, i0, parts)
-            tile_products(y_TO, t0, xv, w_OI, i0, i0 > 0, edge, tail, c[:, :n])
+            width = min(slab, _round_up(I - i0, STEP))
+            parts = scratch[: PARTS * tp * width // 2].view(np.uint16).reshape(PARTS, tp, width)
+            split_bf16(parts, x_TI, t0, i0)
+            tile_products(y_TO, t0, parts, wv_BSKOJ, i0, i0 > 0, c)

@@ -1,10 +1,11 @@
-"""y = x @ W.T for weights stored as the checkpoint stores them (bf16 bits or float32), W shaped [O, I].
+"""y = x @ W.T for weights kept in the checkpoint's dtype (bf16 bits or float32), W shaped [O, I].
 
 Few rows of x (decode): a numba kernel reads every weight once and widens it in registers, so the bytes
 read per token equal the stored size (memory bound). Many rows (prefill, compute bound): bf16 W on a CPU
-with AMX goes to the tile kernels of amx.py; otherwise numba threads each take tiles of W rows, widen a
-tile to float32 in their own scratch (L2-resident) and multiply it with OpenBLAS sgemm called from that
-thread.
+with AMX goes to the tile kernels of amx.py, and is then stored in their layout (amx.pack: the same
+bytes, in 1 KiB tiles of 16 outputs x 32 inputs; the decode kernel reads that layout as well);
+otherwise numba threads each take tiles of W rows, widen a tile to float32 in their own scratch
+(L2-resident) and multiply it with OpenBLAS sgemm called from that thread.
 """
 
 import numpy as np
@@ -13,8 +14,9 @@ from numba.extending import overload
 
 from .. import aligned
 from . import amx
-from .bf16 import to_f32
+from .bf16 import dot_pairs_16x4, pair_to_f32, to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
+from .ops import embed_rows
 
 SMALL_T = 4  # at most this many rows of x: matvec; more: tiles + sgemm
 TILE_ROWS = 128  # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
@@ -53,6 +55,50 @@ def matvec(y_TO, x_TI, w_OI):
                 y_TO[t, o + 2 * q] = a2
             if o + 3 * q < O:
                 y_TO[t, o + 3 * q] = a3
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec_packed(y_TO, x_TI, wv_BSKOJ, out_RX):
+    """matvec for W packed by amx.pack: a block of 16 outputs is one contiguous run of tiles whose 64-byte
+    rows hold a column pair of all 16 outputs, so 16 float32 lanes accumulate 16 outputs (no horizontal
+    sums); a task takes four blocks a quarter of W apart (four memory streams, as matvec). out: per
+    thread, 64 floats."""
+    T, I = x_TI.shape
+    O = y_TO.shape[1]
+    B, S = wv_BSKOJ.shape[:2]
+    w_X = wv_BSKOJ.reshape(-1, 32).view(np.uint32).reshape(-1)  # pairs; block b starts at b * S * 256
+    run = S * 256
+    n = I // 2  # whole column pairs
+    q = (B + 3) // 4
+    for b in prange(q):
+        out = out_RX[get_thread_id()]
+        # blocks b, b + q, b + 2q, b + 3q; past the end, block B - 1 is read again and not stored
+        offs = (b * run, min(b + q, B - 1) * run, min(b + 2 * q, B - 1) * run, min(b + 3 * q, B - 1) * run)
+        for t in range(T):
+            dot_pairs_16x4(w_X, offs[0], offs[1], offs[2], offs[3], x_TI.reshape(-1), t * I, n, out)
+            if I % 2:  # the last column: the low halves of pair n
+                xl = x_TI[t, I - 1]
+                for j in range(4):
+                    for o in range(16):
+                        out[16 * j + o] += pair_to_f32(w_X[offs[j] + 16 * n + o])[0] * xl
+            for j in range(4):
+                blk = b + j * q
+                if blk < B:
+                    for o in range(min(16, O - 16 * blk)):
+                        y_TO[t, 16 * blk + o] = out[16 * j + o]
+
+
+@njit(parallel=True, cache=True)
+def rows_packed(out_TD, ids_T, wv_BSKOJ, v0, V):
+    """out[t] = row ids[t] - v0 of W packed by amx.pack, for ids in [v0, v0 + V), else 0."""
+    D = out_TD.shape[1]
+    for t in prange(ids_T.shape[0]):
+        r = ids_T[t] - v0
+        if 0 <= r < V:
+            for d in range(D):
+                out_TD[t, d] = to_f32(wv_BSKOJ[r // 16, d // 32, d % 32 // 2, r % 16, d % 2])
+        else:
+            out_TD[t, :] = 0.0
 
 
 def _tile_pointer(w_OI, o0, n, tile_RI):
@@ -115,30 +161,39 @@ def widen(out_OI, w_OI):
 class Linear:
     """A weight matrix W [O, I] of this rank (raw checkpoint dtype) and its product with activations."""
 
-    def __init__(self, w_OI: np.ndarray):
+    def __init__(self, w_OI: np.ndarray, tiles: bool = True):
+        """tiles=False keeps bf16 W as it is (rows) even where AMX is available (for tests)."""
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
-        self.w_OI = w_OI if aligned.is_aligned(w_OI) else aligned.copy(w_OI)  # tile rows on cache lines
-        self.amx = amx.AVAILABLE and w_OI.dtype == np.uint16
+        self.shape = w_OI.shape
+        self.packed = tiles and amx.AVAILABLE and w_OI.dtype == np.uint16
+        if self.packed:
+            self.w = amx.pack(w_OI)  # [B, S, 16, 16, 2], see amx.pack
+        else:
+            self.w = w_OI if aligned.is_aligned(w_OI) else aligned.copy(w_OI)  # rows on cache lines
 
     @property
-    def shape(self):
-        return self.w_OI.shape
+    def nbytes(self) -> int:
+        return self.w.nbytes
 
     @property
-    def nbytes(self):
-        return self.w_OI.nbytes
+    def row_nbytes(self) -> int:
+        """Bytes of one row as stored."""
+        return self.shape[1] * self.w.itemsize
 
     def __call__(self, y_TO, x_TI, scratch) -> None:
         """y_TO = x_TI @ W.T (both C-contiguous); scratch: float32, at least scratch_size(T) elements."""
         T = x_TI.shape[0]
-        w = self.w_OI
-        O, I = w.shape
+        w = self.w
+        O, I = self.shape
+        threads = get_num_threads()
         if T <= SMALL_T:
-            matvec(y_TO, x_TI, w)
-        elif self.amx:
-            amx.matmul(y_TO, x_TI, w, scratch, get_num_threads())
+            if self.packed:
+                matvec_packed(y_TO, x_TI, w, scratch[: threads * 64].reshape(threads, 64))
+            else:
+                matvec(y_TO, x_TI, w)
+        elif self.packed:
+            amx.matmul(y_TO, x_TI, w, scratch, threads)
         elif SGEMM is not None:
-            threads = get_num_threads()
             matmul_tiles(y_TO, x_TI, w, scratch[: threads * TILE_ROWS * I].reshape(threads, TILE_ROWS, I), SGEMM)
         elif w.dtype == np.float32:
             np.matmul(x_TI, w.T, out=y_TO)
@@ -147,12 +202,20 @@ class Linear:
             widen(tile, w)
             np.matmul(x_TI, tile.T, out=y_TO)
 
+    def rows(self, out_TD, ids_T, v0: int) -> None:
+        """out[t] = W[ids[t] - v0] as float32 for ids in [v0, v0 + O) (an embedding lookup), else 0."""
+        if self.packed:
+            rows_packed(out_TD, ids_T, self.w, v0, self.shape[0])
+        else:
+            embed_rows(out_TD, ids_T, self.w, v0)
+
     def scratch_size(self, T: int) -> int:
-        O, I = self.w_OI.shape
+        O, I = self.shape
+        threads = get_num_threads()
         if T <= SMALL_T:
-            return 0
-        if self.amx:
-            return amx.scratch_floats(O, I, T, get_num_threads())
+            return threads * 64 if self.packed else 0
+        if self.packed:
+            return amx.scratch_floats(I, T, threads)
         if SGEMM is not None:
-            return get_num_threads() * TILE_ROWS * I
+            return threads * TILE_ROWS * I
         return O * I
