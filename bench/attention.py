@@ -27,7 +27,7 @@ def main():
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--positions", type=int, nargs="+", default=[128 << i for i in range(8)])
     parser.add_argument("--block", type=int, default=256)
-    parser.add_argument("--qblock", type=int, default=64)
+    parser.add_argument("--qblock", type=int, default=128)
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     parser.add_argument("-o", "--output")
     args = parser.parse_args()

@@ -165,7 +165,7 @@ class Model:
         max_context: int,
         max_tokens: int,
         block: int = 256,
-        qblock: int = 64,
+        qblock: int = 128,
     ):
         self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
         self.max_context, self.max_tokens = max_context, max_tokens

@@ -17,7 +17,6 @@ from qwen3_mpi.kernels import (
 )
 from qwen3_mpi.kernels.attention import (
     attention_streaming_blocks,
-    blocks_scratch_size,
     heads_of_kv,
     streaming_scratch_size,
 )
@@ -170,7 +169,7 @@ def test_streaming_blocks_matches_numpy(group, T, pos0, block, qblock):
     v = rng.standard_normal((G, S + 3, K), dtype=np.float32)
     kv_of_H = np.arange(H, dtype=np.int64) // group
     out = np.zeros((T, H * K), np.float32)
-    scratch = np.zeros((numba.get_num_threads(), blocks_scratch_size(block, qblock, K)), np.float32)
+    scratch = np.zeros((numba.get_num_threads(), streaming_scratch_size(block, qblock, K, group)), np.float32)
     attention_streaming_blocks(
         out,
         np.ascontiguousarray(q.reshape(T, H * K)),

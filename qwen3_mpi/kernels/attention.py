@@ -8,7 +8,8 @@ standard:  for each (query, head) the whole score row over the visible positions
            scratch, soft-maxed, then used to weight V. Scratch: threads x S floats.
 streaming: online softmax over KV blocks of B positions for a block of up to QB queries and all query
            heads of one KV head (flash-attention style, each K/V block read once for the whole GQA
-           group): scratch is threads x group x QB x (B + K + 2) floats, whatever S is.
+           group): scratch is threads x group x QB x (B + K + 2) floats, whatever S is. From 8 queries
+           on, the tiles of a block are multiplied by sgemm.
 """
 
 import numpy as np
@@ -142,72 +143,74 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
 def attention_streaming_blocks(
     out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, sgemm
 ):
-    """attention_streaming for many queries (prefill): the same online softmax, with the two products
-    of a (query block x KV block) tile, scores = Q K^T and acc += P V, done by sgemm from this thread.
-    A task is one query head and one block of queries; scratch per thread: qblock x (block + K + 2)."""
+    """attention_streaming for many queries (prefill): the same online softmax, with the products of a
+    tile done by sgemm from this thread. A task is one KV head with all its query heads and a block of
+    queries: rows r = (head, query) as in attention_streaming; per KV block, scores = Q K^T one sgemm
+    per query head, then acc += P V for all rows in one sgemm (the GQA group shares V).
+    Scratch per thread: group x qblock x (block + K + 2)."""
     T = out_TO.shape[0]
     O = qkv_TO.shape[1]
     G = heads_of_G.shape[0] - 1
-    H = heads_of_G[G]
     K = k_cache_GSK.shape[2]
     n_qb = (T + qblock - 1) // qblock
-    for job in prange(n_qb * H):
-        qb = job // H
-        h = job % H
-        g = 0
-        while heads_of_G[g + 1] <= h:
-            g += 1
+    for job in prange(n_qb * G):
+        qb = job // G
+        g = job % G
+        h0 = heads_of_G[g]
+        heads = heads_of_G[g + 1] - h0
         t0 = qb * qblock
         nq = min(T, t0 + qblock) - t0
-        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], qblock, block, K)
-        q_ptr = qkv_TO[t0:, h * K :].ctypes.data
+        R = heads * nq  # rows: (head, query) pairs
+        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
         end = pos0 + t0 + nq
         for s0 in range(0, end, block):
             n = min(end, s0 + block) - s0
-            # sc[:nq, :n] = scale * Q K^T
-            sgemm(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                nq,
-                n,
-                K,
-                scale,
-                q_ptr,
-                O,
-                k_cache_GSK[g, s0:].ctypes.data,
-                K,
-                np.float32(0.0),
-                sc.ctypes.data,
-                block,
-            )
-            for j in range(nq):
+            # sc[hh nq + j, :n] = scale * q_(t0 + j, h0 + hh) . K[s0 + c]
+            for hh in range(heads):
+                sgemm(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    nq,
+                    n,
+                    K,
+                    scale,
+                    qkv_TO[t0:, (h0 + hh) * K :].ctypes.data,
+                    O,
+                    k_cache_GSK[g, s0:].ctypes.data,
+                    K,
+                    np.float32(0.0),
+                    sc[hh * nq :].ctypes.data,
+                    block,
+                )
+            for r in range(R):
+                j = r % nq
                 visible = min(n, pos0 + t0 + j + 1 - s0)  # causal limit of query t0 + j in this block
-                row = sc[j]
+                row = sc[r]
                 if visible <= 0:
                     row[:n] = 0.0
                     continue
                 block_max = -np.inf
                 for c in range(visible):
                     block_max = max(block_max, row[c])
-                new_m = max(m[j], block_max)
+                new_m = max(m[r], block_max)
                 total = np.float32(0.0)
                 for c in range(visible):
                     e = exp32(row[c] - new_m)
                     row[c] = e
                     total += e
                 row[visible:n] = 0.0
-                corr = exp32(m[j] - new_m)
-                l[j] = l[j] * corr + total
-                m[j] = new_m
+                corr = exp32(m[r] - new_m)
+                l[r] = l[r] * corr + total
+                m[r] = new_m
                 for i in range(K):
-                    acc[j, i] *= corr
-            # acc[:nq] += P V
+                    acc[r, i] *= corr
+            # acc[:R] += P V
             sgemm(
                 ROW_MAJOR,
                 NO_TRANS,
                 NO_TRANS,
-                nq,
+                R,
                 K,
                 n,
                 np.float32(1.0),
@@ -219,10 +222,12 @@ def attention_streaming_blocks(
                 acc.ctypes.data,
                 K,
             )
-        for j in range(nq):
-            inv = np.float32(1.0) / l[j]
+        for r in range(R):
+            h = h0 + r // nq
+            t = t0 + r % nq
+            inv = np.float32(1.0) / l[r]
             for i in range(K):
-                out_TO[t0 + j, h * K + i] = acc[j, i] * inv
+                out_TO[t, h * K + i] = acc[r, i] * inv
 
 
 ATTENTION_KERNELS = ("standard", "streaming")
@@ -239,13 +244,9 @@ def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale,
 
 
 def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int) -> int:
-    """Floats of per-thread scratch for `streaming` with at most `group` query heads per KV head."""
-    return group * blocks_scratch_size(block, qblock, head_dim)  # the row kernel's rows: group x qblock
-
-
-def blocks_scratch_size(block: int, qblock: int, head_dim: int) -> int:
-    """Floats of per-thread scratch for attention_streaming_blocks."""
-    return qblock * (block + head_dim + 2)
+    """Floats of per-thread scratch for `streaming` (either kernel) with at most `group` query heads per KV
+    head: group x qblock rows of (block + head_dim + 2)."""
+    return group * qblock * (block + head_dim + 2)
 
 
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:
