@@ -80,6 +80,20 @@ def _matrix(raw: np.ndarray) -> Linear:
     return Linear(np.ascontiguousarray(raw if raw.dtype == np.uint16 else as_f32(raw)))
 
 
+def _read_matrix(ckpt: Checkpoint, name: str, shape: tuple[int, int], rows, cols) -> Linear:
+    """A [rows, cols] slice as a Linear; one going into the tile layout is read and packed 8 MiB of rows at
+    a time, so a rank never holds a large matrix twice (the 0.6B embedding is 311 MB)."""
+    if not Linear.tiles_for(ckpt.raw_dtype(name, shape)):
+        return _matrix(ckpt.read(name, shape, rows=rows, cols=cols))
+    (r0, r1), (c0, c1) = rows or (0, shape[0]), cols or (0, shape[1])
+    return Linear.read_in_tiles(
+        r1 - r0,
+        c1 - c0,
+        lambda a, b: ckpt.read(name, shape, rows=(r0 + a, r0 + b), cols=cols),
+        (8 << 20) // (2 * (c1 - c0)),
+    )
+
+
 def shard_reads(config: Qwen3Config, layout: ShardLayout):
     """Every slice this rank reads, as (name, shape, rows, cols): the plan load_shard follows."""
     D, K, I = config.hidden_size, config.head_dim, config.intermediate_size
@@ -141,13 +155,13 @@ def load_shard(ckpt: Checkpoint, config: Qwen3Config, layout: ShardLayout) -> Sh
                 q_norm_K=as_f32(one(*r["q_norm_K"])),
                 k_norm_K=as_f32(one(*r["k_norm_K"])),
                 qkv_proj=fused(r["qkv_proj"]),
-                o_proj=_matrix(one(*r["o_proj"])),
+                o_proj=_read_matrix(ckpt, *r["o_proj"][0]),
                 gate_up_proj=fused(r["gate_up_proj"]),
-                down_proj=_matrix(one(*r["down_proj"])),
+                down_proj=_read_matrix(ckpt, *r["down_proj"][0]),
             )
         )
-    embed = _matrix(one(*plan["embed"]))
-    lm_head = _matrix(one(*plan["lm_head"])) if plan["lm_head"] else embed
+    embed = _read_matrix(ckpt, *plan["embed"][0])
+    lm_head = _read_matrix(ckpt, *plan["lm_head"][0]) if plan["lm_head"] else embed
     return ShardWeights(embed, lm_head, as_f32(one(*plan["norm"])), layers)
 
 

@@ -217,25 +217,40 @@ def split_bf16(parts_PTI, x_TI, t0, i0):
 
 
 @njit(parallel=True, cache=True)
-def _pack(wv_BSKOJ, w_OI):
-    O, I = w_OI.shape
-    B, S = wv_BSKOJ.shape[:2]
-    for b in prange(B):
+def _pack(wv_BSKOJ, w_RI, r0):
+    """Blocks of wv holding rows r0 .. r0 + R of W from w = those rows (r0 a multiple of 16); zero past
+    w's rows and columns."""
+    R, I = w_RI.shape
+    S = wv_BSKOJ.shape[1]
+    for b in prange(r0 // 16, min(wv_BSKOJ.shape[0], (r0 + R + 15) // 16)):
         for s in range(S):
             for k in range(16):
                 for o in range(16):
                     for j in range(2):
-                        r, c = 16 * b + o, STEP * s + 2 * k + j
-                        wv_BSKOJ[b, s, k, o, j] = w_OI[r, c] if r < O and c < I else np.uint16(0)
+                        r, c = 16 * b + o - r0, STEP * s + 2 * k + j
+                        wv_BSKOJ[b, s, k, o, j] = w_RI[r, c] if r < R and c < I else np.uint16(0)
+
+
+def packed_empty(O: int, I: int) -> np.ndarray:
+    """An uninitialized wv [B, S, 16, 16, 2] for W [O, I] (see pack); fill it with pack_rows."""
+    return aligned.empty((_round_up(O, ROWS) // 16, _round_up(I, STEP) // STEP, 16, 16, 2), np.uint16)
+
+
+def pack_rows(wv_BSKOJ, w_RI, r0: int, O: int) -> None:
+    """Pack rows r0 .. r0 + R of W [O, I] (r0 a multiple of 32) into wv; the call with W's last row also
+    zeroes the padding rows. A large matrix is packed a chunk of rows at a time, as it is read."""
+    assert r0 % ROWS == 0 and r0 + w_RI.shape[0] <= O
+    _pack(wv_BSKOJ, w_RI, r0)
+    if r0 + w_RI.shape[0] == O:
+        wv_BSKOJ[(O + 15) // 16 :] = 0
 
 
 def pack(w_OI: np.ndarray) -> np.ndarray:
     """bf16 bits W [O, I] -> wv [B, S, 16, 16, 2] with wv[b, s, k, o, j] = W[16b + o, 32s + 2k + j] (zero
     past W; B = O rounded up to 32, over 16): the tile-unit ("VNNI") layout, every (b, s) one contiguous
     1 KiB B tile; 64-byte aligned. The same bytes as W (plus padding), so decode reads no more."""
-    O, I = w_OI.shape
-    wv = aligned.empty((_round_up(O, ROWS) // 16, _round_up(I, STEP) // STEP, 16, 16, 2), np.uint16)
-    _pack(wv, w_OI)
+    wv = packed_empty(*w_OI.shape)
+    pack_rows(wv, w_OI, 0, w_OI.shape[0])
     return wv
 
 

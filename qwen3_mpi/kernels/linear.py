@@ -165,11 +165,29 @@ class Linear:
         """tiles=False keeps bf16 W as it is (rows) even where AMX is available (for tests)."""
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
         self.shape = w_OI.shape
-        self.packed = tiles and amx.AVAILABLE and w_OI.dtype == np.uint16
+        self.packed = tiles and self.tiles_for(w_OI.dtype)
         if self.packed:
             self.w = amx.pack(w_OI)  # [B, S, 16, 16, 2], see amx.pack
         else:
             self.w = w_OI if aligned.is_aligned(w_OI) else aligned.copy(w_OI)  # rows on cache lines
+
+    @classmethod
+    def read_in_tiles(cls, O: int, I: int, read_rows, chunk_rows: int) -> "Linear":
+        """A bf16 W [O, I] for the tile kernels, from read_rows(a, b) -> rows a..b of W (uint16), packed as
+        each chunk of rows arrives: the unpacked matrix is never whole in memory."""
+        assert cls.tiles_for(np.dtype(np.uint16))
+        chunk_rows = max(amx.ROWS, chunk_rows // amx.ROWS * amx.ROWS)
+        wv = amx.packed_empty(O, I)
+        for a in range(0, O, chunk_rows):
+            amx.pack_rows(wv, read_rows(a, min(O, a + chunk_rows)), a, O)
+        lin = cls.__new__(cls)
+        lin.shape, lin.packed, lin.w = (O, I), True, wv
+        return lin
+
+    @staticmethod
+    def tiles_for(dtype: np.dtype) -> bool:
+        """Whether a matrix of this raw dtype goes into the tile layout (bf16 on a CPU with AMX)."""
+        return amx.AVAILABLE and dtype == np.uint16
 
     @property
     def nbytes(self) -> int:
