@@ -72,6 +72,38 @@ def _softmax_state(ws, rows, block, K):
     return sc, acc, m, l
 
 
+@njit(cache=True, inline="always")
+def _online_softmax(p, r, m, l, acc):
+    """Row r takes a block's scores p (in place -> exp(p - new max)): running max m, denominator l and
+    the output accumulated so far (rescaled to the new max)."""
+    block_max = -np.inf
+    for c in range(p.shape[0]):
+        block_max = max(block_max, p[c])
+    new_m = max(m[r], block_max)
+    total = np.float32(0.0)
+    for c in range(p.shape[0]):
+        e = exp32(p[c] - new_m)
+        p[c] = e
+        total += e
+    corr = exp32(m[r] - new_m)
+    l[r] = l[r] * corr + total
+    m[r] = new_m
+    for i in range(acc.shape[1]):
+        acc[r, i] *= corr
+
+
+@njit(cache=True, inline="always")
+def _write_rows(out_TO, acc, l, h0, t0, nq):
+    """out[t, h] = acc[r] / l[r] for the rows r = (h - h0) nq + (t - t0) of a task."""
+    K = acc.shape[1]
+    for r in range(l.shape[0]):
+        h = h0 + r // nq
+        t = t0 + r % nq
+        inv = np.float32(1.0) / l[r]
+        for i in range(K):
+            out_TO[t, h * K + i] = acc[r, i] * inv
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
     """Same result as attention_standard, by online softmax. A task is one KV head g with all its query
@@ -102,41 +134,20 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                     continue
                 q = qkv_TO[t, h * K : (h + 1) * K]
                 p = sc[r, :n]
-                a_r = acc[r]
-                # scores of the block, its max, then exp(score - new max) in place
-                block_max = -np.inf
-                for j in range(n):
+                for j in range(n):  # scores of the block
                     k = k_cache_GSK[g, s0 + j]
                     a = np.float32(0.0)
                     for i in range(K):
                         a += q[i] * k[i]
-                    a *= scale
-                    p[j] = a
-                    block_max = max(block_max, a)
-                old_m = m[r]
-                new_m = max(old_m, block_max)
-                total = np.float32(0.0)
-                for j in range(n):
-                    e = exp32(p[j] - new_m)
-                    p[j] = e
-                    total += e
-                # rescale what was accumulated under the old max, then add this block's weighted V
-                corr = exp32(old_m - new_m)
-                l[r] = l[r] * corr + total
-                m[r] = new_m
-                for i in range(K):
-                    a_r[i] *= corr
-                for j in range(n):
+                    p[j] = a * scale
+                _online_softmax(p, r, m, l, acc)
+                a_r = acc[r]
+                for j in range(n):  # plus this block's weighted V
                     e = p[j]
                     v = v_cache_GSK[g, s0 + j]
                     for i in range(K):
                         a_r[i] += e * v[i]
-        for r in range(R):
-            h = h0 + r // nq
-            t = t0 + r % nq
-            inv = np.float32(1.0) / l[r]
-            for i in range(K):
-                out_TO[t, h * K + i] = acc[r, i] * inv
+        _write_rows(out_TO, acc, l, h0, t0, nq)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -187,24 +198,9 @@ def attention_streaming_blocks(
                 j = r % nq
                 visible = min(n, pos0 + t0 + j + 1 - s0)  # causal limit of query t0 + j in this block
                 row = sc[r]
-                if visible <= 0:
-                    row[:n] = 0.0
-                    continue
-                block_max = -np.inf
-                for c in range(visible):
-                    block_max = max(block_max, row[c])
-                new_m = max(m[r], block_max)
-                total = np.float32(0.0)
-                for c in range(visible):
-                    e = exp32(row[c] - new_m)
-                    row[c] = e
-                    total += e
-                row[visible:n] = 0.0
-                corr = exp32(m[r] - new_m)
-                l[r] = l[r] * corr + total
-                m[r] = new_m
-                for i in range(K):
-                    acc[r, i] *= corr
+                if visible > 0:
+                    _online_softmax(row[:visible], r, m, l, acc)
+                row[max(visible, 0) : n] = 0.0  # masked: no weight in P V
             # acc[:R] += P V
             sgemm(
                 ROW_MAJOR,
@@ -222,12 +218,7 @@ def attention_streaming_blocks(
                 acc.ctypes.data,
                 K,
             )
-        for r in range(R):
-            h = h0 + r // nq
-            t = t0 + r % nq
-            inv = np.float32(1.0) / l[r]
-            for i in range(K):
-                out_TO[t, h * K + i] = acc[r, i] * inv
+        _write_rows(out_TO, acc, l, h0, t0, nq)
 
 
 ATTENTION_KERNELS = ("standard", "streaming")
