@@ -168,15 +168,10 @@ def prefetch(typingctx, array, offset):
     def codegen(context, builder, sig, args):
         address = _address(context, builder, sig.args[0], args[0], args[1])
         i32 = ir.IntType(32)
-        fn = _declare_typed(builder, "llvm.prefetch.p0", ir.FunctionType(ir.VoidType(), [_PTR, i32, i32, i32]))
+        fn = _declare(builder, "llvm.prefetch.p0", [_PTR, i32, i32, i32])
         builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
 
     return types.void(array, types.int64), codegen
-
-
-def _declare_typed(builder, name, fntype):
-    fn = builder.module.globals.get(name)
-    return fn if fn is not None else ir.Function(builder.module, fntype, name)
 
 
 # --- kernels ---------------------------------------------------------------------------------------------
@@ -254,6 +249,24 @@ def pack(w_OI: np.ndarray) -> np.ndarray:
     return wv
 
 
+@njit(inline="always")
+def _load_c(block, at, stride):
+    """C tiles 4-7 <- the 32 tokens x 32 outputs of block from element at, rows stride elements apart:
+    4 = tokens 0-15 x outputs 0-15, 5 = tokens 0-15 x outputs 16-31, 6 and 7 = tokens 16-31."""
+    tile_load(4, block, at, stride)
+    tile_load(5, block, at + 16, stride)
+    tile_load(6, block, at + 16 * stride, stride)
+    tile_load(7, block, at + 16 * stride + 16, stride)
+
+
+@njit(inline="always")
+def _store_c(block, at, stride):
+    tile_store(4, block, at, stride)
+    tile_store(5, block, at + 16, stride)
+    tile_store(6, block, at + 16 * stride, stride)
+    tile_store(7, block, at + 16 * stride + 16, stride)
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
     """y[t0 + t, o] (+)= sum over parts p and k of parts[p, t, k] W[o, i0 + k]: the tokens and the columns
@@ -292,16 +305,10 @@ def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
                 tile_zero(6)
                 tile_zero(7)
             elif whole:
-                tile_load(4, y_TO, t * O + o0, O)
-                tile_load(5, y_TO, t * O + o0 + 16, O)
-                tile_load(6, y_TO, (t + 16) * O + o0, O)
-                tile_load(7, y_TO, (t + 16) * O + o0 + 16, O)
+                _load_c(y_TO, t * O + o0, O)
             else:
                 _edge_in(c, y_TO, t, o0)
-                tile_load(4, c, 0, 16)
-                tile_load(5, c, 256, 16)
-                tile_load(6, c, 512, 16)
-                tile_load(7, c, 768, 16)
+                _load_c(c, 0, ROWS)
             for s in range(S):
                 if ahead and (n > 0 or N == 1):
                     first = ((n - 1 if N > 1 else 0) * S + s) * per
@@ -323,41 +330,29 @@ def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
                     tile_dpbf16ps(7, 3, 1)
                     at += Tp * width
             if whole:
-                tile_store(4, y_TO, t * O + o0, O)
-                tile_store(5, y_TO, t * O + o0 + 16, O)
-                tile_store(6, y_TO, (t + 16) * O + o0, O)
-                tile_store(7, y_TO, (t + 16) * O + o0 + 16, O)
+                _store_c(y_TO, t * O + o0, O)
             else:
-                tile_store(4, c, 0, 16)
-                tile_store(5, c, 256, 16)
-                tile_store(6, c, 512, 16)
-                tile_store(7, c, 768, 16)
+                _store_c(c, 0, ROWS)
                 _edge_out(y_TO, c, t, o0)
         tile_release()
 
 
 @njit(inline="always")
 def _edge_in(c, y_TO, t, o0):
-    """c[q, r, i] = y[t + 16 (q // 2) + r, o0 + 16 (q % 2) + i] where y has it, else 0."""
+    """c[32 r + i] = y[t + r, o0 + i] where y has it, else 0: a C block that reaches past y."""
     T, O = y_TO.shape
-    for q in range(4):
-        for r in range(16):
-            for i in range(16):
-                tt, oo = t + 16 * (q // 2) + r, o0 + 16 * (q % 2) + i
-                c[q * 256 + r * 16 + i] = y_TO[tt, oo] if tt < T and oo < O else np.float32(0.0)
+    for r in range(TOKENS):
+        for i in range(ROWS):
+            c[r * ROWS + i] = y_TO[t + r, o0 + i] if t + r < T and o0 + i < O else np.float32(0.0)
 
 
 @njit(inline="always")
 def _edge_out(y_TO, c, t, o0):
+    """The part of the C block in c that lies inside y, into y."""
     T, O = y_TO.shape
-    for q in range(4):
-        for r in range(16):
-            tt = t + 16 * (q // 2) + r
-            if tt < T:
-                for i in range(16):
-                    oo = o0 + 16 * (q % 2) + i
-                    if oo < O:
-                        y_TO[tt, oo] = c[q * 256 + r * 16 + i]
+    for r in range(min(TOKENS, T - t)):
+        for i in range(min(ROWS, O - o0)):
+            y_TO[t + r, o0 + i] = c[r * ROWS + i]
 
 
 def _round_up(n: int, m: int) -> int:
@@ -368,7 +363,7 @@ def _sizes(I: int, T: int, threads: int) -> tuple[int, int, int, int]:
     """Slab width, padded tokens per chunk, and float32 elements of the split of a slab and of the C
     tiles of the partial blocks."""
     slab, Tp = min(_round_up(I, STEP), SLAB), _round_up(min(T, T_CHUNK), TOKENS)
-    return slab, Tp, PARTS * Tp * slab // 2, threads * 4 * 256
+    return slab, Tp, PARTS * Tp * slab // 2, threads * TOKENS * ROWS
 
 
 def scratch_floats(I: int, T: int, threads: int) -> int:
@@ -383,7 +378,7 @@ def matmul(y_TO, x_TI, wv_BSKOJ, scratch, threads: int) -> None:
     start on a cache line (aligned.py) and O is a multiple of 16: then every tile row is one line."""
     T, I = x_TI.shape
     slab, Tp, n_split, n_c = _sizes(I, T, threads)
-    c = scratch[n_split : n_split + n_c].reshape(threads, 4 * 256)
+    c = scratch[n_split : n_split + n_c].reshape(threads, TOKENS * ROWS)
     for t0 in range(0, T, Tp):
         tp = min(Tp, _round_up(T - t0, TOKENS))  # the last chunk may be shorter
         for i0 in range(0, I, slab):

@@ -20,6 +20,7 @@ from .ops import embed_rows
 
 SMALL_T = 4  # at most this many rows of x: matvec; more: tiles + sgemm
 TILE_ROWS = 128  # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
+PACKED_OUT = 64  # floats per thread for matvec_packed: four blocks of 16 outputs
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -206,7 +207,7 @@ class Linear:
         threads = get_num_threads()
         if T <= SMALL_T:
             if self.packed:
-                matvec_packed(y_TO, x_TI, w, scratch[: threads * 64].reshape(threads, 64))
+                matvec_packed(y_TO, x_TI, w, scratch[: threads * PACKED_OUT].reshape(threads, PACKED_OUT))
             else:
                 matvec(y_TO, x_TI, w)
         elif self.packed:
@@ -231,7 +232,7 @@ class Linear:
         O, I = self.shape
         threads = get_num_threads()
         if T <= SMALL_T:
-            return threads * 64 if self.packed else 0
+            return threads * PACKED_OUT if self.packed else 0
         if self.packed:
             return amx.scratch_floats(I, T, threads)
         if SGEMM is not None:
