@@ -28,6 +28,7 @@ from numba import get_thread_id, njit, prange, types
 from numba.extending import intrinsic
 
 from .. import aligned
+from .llvm_ir import I8, I64, PTR, address, declare, itemsize, prefetch
 
 ROWS = 32  # outputs (rows of W) per task: two B tiles
 TOKENS = 32  # tokens per pass over a task's weights: two A tiles
@@ -76,33 +77,15 @@ CONFIG[48:56] = 16
 # --- the tile instructions, as numba intrinsics (tile numbers must be literal) ---------------------------
 
 
-def _declare(builder, name, args):
-    module = builder.module
-    fn = module.globals.get(name)
-    return fn if fn is not None else ir.Function(module, ir.FunctionType(ir.VoidType(), args), name)
-
-
-_I8, _I64 = ir.IntType(8), ir.IntType(64)
-_PTR = _I8.as_pointer()
-
-
-def _address(context, builder, array_type, array, offset):
-    """&array.data[offset] (offset in elements) as i8*."""
-    data = context.make_array(array_type)(context, builder, array).data
-    itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
-    return builder.gep(builder.bitcast(data, _PTR), [builder.mul(offset, ir.Constant(_I64, itemsize))])
-
-
 def _stride_bytes(context, array_type, stride, builder):
-    itemsize = context.get_abi_sizeof(context.get_data_type(array_type.dtype))
-    return builder.mul(stride, ir.Constant(_I64, itemsize))
+    return builder.mul(stride, ir.Constant(I64, itemsize(context, array_type)))
 
 
 @intrinsic
 def tile_config(typingctx, config):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        builder.call(_declare(builder, "llvm.x86.ldtilecfg", [_PTR]), [builder.bitcast(data, _PTR)])
+        builder.call(declare(builder, "llvm.x86.ldtilecfg", [PTR]), [builder.bitcast(data, PTR)])
 
     return types.void(config), codegen
 
@@ -110,7 +93,7 @@ def tile_config(typingctx, config):
 @intrinsic
 def tile_release(typingctx):
     def codegen(context, builder, sig, args):
-        builder.call(_declare(builder, "llvm.x86.tilerelease", []), [])
+        builder.call(declare(builder, "llvm.x86.tilerelease", []), [])
 
     return types.void(), codegen
 
@@ -121,7 +104,7 @@ def tile_zero(typingctx, tile):
         return None
 
     def codegen(context, builder, sig, args):
-        builder.call(_declare(builder, "llvm.x86.tilezero", [_I8]), [ir.Constant(_I8, tile.literal_value)])
+        builder.call(declare(builder, "llvm.x86.tilezero", [I8]), [ir.Constant(I8, tile.literal_value)])
 
     return types.void(tile), codegen
 
@@ -134,10 +117,10 @@ def _tile_move(name):
             return None
 
         def codegen(context, builder, sig, args):
-            address = _address(context, builder, sig.args[1], args[1], args[2])
+            where = address(context, builder, sig.args[1], args[1], args[2])
             stride_bytes = _stride_bytes(context, sig.args[1], args[3], builder)
-            fn = _declare(builder, name, [_I8, _PTR, _I64])
-            builder.call(fn, [ir.Constant(_I8, tile.literal_value), address, stride_bytes])
+            fn = declare(builder, name, [I8, PTR, I64])
+            builder.call(fn, [ir.Constant(I8, tile.literal_value), where, stride_bytes])
 
         return types.void(tile, array, types.int64, types.int64), codegen
 
@@ -155,23 +138,10 @@ def tile_dpbf16ps(typingctx, c, a, b):
         return None
 
     def codegen(context, builder, sig, args):
-        fn = _declare(builder, "llvm.x86.tdpbf16ps", [_I8] * 3)
-        builder.call(fn, [ir.Constant(_I8, t.literal_value) for t in (c, a, b)])
+        fn = declare(builder, "llvm.x86.tdpbf16ps", [I8] * 3)
+        builder.call(fn, [ir.Constant(I8, t.literal_value) for t in (c, a, b)])
 
     return types.void(c, a, b), codegen
-
-
-@intrinsic
-def prefetch(typingctx, array, offset):
-    """Prefetch the cache line of array[offset] into L2 (llvm.prefetch: read, locality 2, data)."""
-
-    def codegen(context, builder, sig, args):
-        address = _address(context, builder, sig.args[0], args[0], args[1])
-        i32 = ir.IntType(32)
-        fn = _declare(builder, "llvm.prefetch.p0", [_PTR, i32, i32, i32])
-        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
-
-    return types.void(array, types.int64), codegen
 
 
 # --- kernels ---------------------------------------------------------------------------------------------
@@ -315,7 +285,7 @@ def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
                     for line in range(first, min(first + per, lines)):
                         # the next task's two runs of S tiles (outputs o0 + 32.. and o0 + 48..)
                         run, i = (0, line) if line < lines // 2 else (1, line - lines // 2)
-                        prefetch(wv_BSKOJ, b0 + (2 + run) * steps * tile + 32 * i)
+                        prefetch(wv_BSKOJ, b0 + (2 + run) * steps * tile + 32 * i, 2)
                 tile_load(0, wv_BSKOJ, b0 + s * tile, 32)
                 tile_load(1, wv_BSKOJ, b1 + s * tile, 32)
                 at = (TOKENS * n) * width + STEP * s  # parts[p, 32n, 32s]

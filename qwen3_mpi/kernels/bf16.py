@@ -6,6 +6,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .llvm_ir import I32, I64, declare, emit_prefetch
+
 
 @intrinsic
 def _bf16_bits_to_f32(typingctx, bits):
@@ -14,8 +16,7 @@ def _bf16_bits_to_f32(typingctx, bits):
         return None
 
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        wide = builder.shl(builder.zext(args[0], I32), ir.Constant(I32, 16))
         return builder.bitcast(wide, ir.FloatType())
 
     return types.float32(types.uint16), codegen
@@ -43,23 +44,22 @@ def pair_to_f32(typingctx, pair):
         return None
 
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        low = builder.bitcast(builder.shl(args[0], ir.Constant(i32, 16)), ir.FloatType())
-        high = builder.bitcast(builder.and_(args[0], ir.Constant(i32, 0xFFFF0000)), ir.FloatType())
+        low = builder.bitcast(builder.shl(args[0], ir.Constant(I32, 16)), ir.FloatType())
+        high = builder.bitcast(builder.and_(args[0], ir.Constant(I32, 0xFFFF0000)), ir.FloatType())
         return context.make_tuple(builder, signature.return_type, [low, high])
 
     return types.UniTuple(types.float32, 2)(types.uint32), codegen
 
 
 _F32x16 = ir.VectorType(ir.FloatType(), 16)
-_I32x16 = ir.VectorType(ir.IntType(32), 16)
-_I64 = ir.IntType(64)
+_I32x16 = ir.VectorType(I32, 16)
+PREFETCH_AHEAD = 32  # 64-byte lines each stream of dot_pairs_16x4 prefetches ahead of its loads
 
 
 def _splat(builder, value):
     undef = ir.Constant(_F32x16, ir.Undefined)
-    one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16))
+    one = builder.insert_element(undef, value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(_I32x16, [0] * 16))
 
 
 @intrinsic
@@ -69,7 +69,10 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
 
     Four runs of w read side by side (four memory streams), 16 outputs per 512-bit vector, float32
     accumulators in registers: LLVM IR written directly, since numba cannot keep vector accumulators
-    across a loop that walks memory (it keeps them in memory: 10x slower here)."""
+    across a loop that walks memory (it keeps them in memory: 10x slower here). Each stream prefetches
+    the line PREFETCH_AHEAD lines ahead of the one it loads: the hardware prefetcher alone left the
+    product at 24-25 GB/s, below a plain read of the machine (27-28); with it, 28-30 (measured in one
+    process, alternating, on 600 MB of packed weights per shape)."""
     sig = types.void(w_X, types.int64, types.int64, types.int64, types.int64, x_X, types.int64, types.int64, out_X)
 
     def codegen(context, builder, signature, args):
@@ -78,27 +81,26 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
         xdata = context.make_array(signature.args[5])(context, builder, x).data
         odata = context.make_array(signature.args[8])(context, builder, out).data
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x16, [0.0] * 16)) for _ in range(8)]
-        fma = builder.module.globals.get("llvm.fma.v16f32")
-        if fma is None:
-            fma = ir.Function(builder.module, ir.FunctionType(_F32x16, [_F32x16] * 3), "llvm.fma.v16f32")
+        fma = declare(builder, "llvm.fma.v16f32", [_F32x16] * 3, _F32x16)
+        ahead = ir.Constant(I64, 16 * PREFETCH_AHEAD)
         shift, mask = ir.Constant(_I32x16, [16] * 16), ir.Constant(_I32x16, [0xFFFF0000] * 16)
         with cgutils.for_range(builder, nv) as loop:
             k = loop.index
-            xi = builder.add(x0v, builder.mul(k, ir.Constant(_I64, 2)))
+            xi = builder.add(x0v, builder.mul(k, ir.Constant(I64, 2)))
             xa = _splat(builder, builder.load(builder.gep(xdata, [xi])))
-            xb = _splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, ir.Constant(_I64, 1))])))
-            k16 = builder.mul(k, ir.Constant(_I64, 16))
+            xb = _splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, ir.Constant(I64, 1))])))
+            k16 = builder.mul(k, ir.Constant(I64, 16))
             for j in range(4):
-                pairs = builder.load(
-                    builder.bitcast(builder.gep(wdata, [builder.add(offs[j], k16)]), _I32x16.as_pointer()), align=4
-                )
+                at = builder.add(offs[j], k16)
+                emit_prefetch(builder, builder.gep(wdata, [builder.add(at, ahead)]), 3)
+                pairs = builder.load(builder.bitcast(builder.gep(wdata, [at]), _I32x16.as_pointer()), align=4)
                 lo = builder.bitcast(builder.shl(pairs, shift), _F32x16)
                 hi = builder.bitcast(builder.and_(pairs, mask), _F32x16)
                 builder.store(builder.call(fma, [lo, xa, builder.load(accs[2 * j])]), accs[2 * j])
                 builder.store(builder.call(fma, [hi, xb, builder.load(accs[2 * j + 1])]), accs[2 * j + 1])
         for j in range(4):
             total = builder.fadd(builder.load(accs[2 * j]), builder.load(accs[2 * j + 1]))
-            at = builder.gep(odata, [ir.Constant(_I64, 16 * j)])
+            at = builder.gep(odata, [ir.Constant(I64, 16 * j)])
             builder.store(total, builder.bitcast(at, _F32x16.as_pointer()), align=4)
 
     return sig, codegen

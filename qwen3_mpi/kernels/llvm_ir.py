@@ -1,0 +1,45 @@
+"""LLVM IR pieces shared by the hand-written kernels (amx.py, bf16.py): intrinsic declarations, element
+addresses, and a software prefetch callable from numba."""
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+PTR = I8.as_pointer()
+
+
+def declare(builder, name: str, args: list, ret=ir.VoidType()):
+    """The function `name` (an LLVM intrinsic) of builder's module, declared on first use."""
+    fn = builder.module.globals.get(name)
+    return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def itemsize(context, array_type) -> int:
+    return context.get_abi_sizeof(context.get_data_type(array_type.dtype))
+
+
+def address(context, builder, array_type, array, offset):
+    """&array.data[offset] (offset in elements) as i8*."""
+    data = context.make_array(array_type)(context, builder, array).data
+    scale = ir.Constant(I64, itemsize(context, array_type))
+    return builder.gep(builder.bitcast(data, PTR), [builder.mul(offset, scale)])
+
+
+def emit_prefetch(builder, pointer, locality: int) -> None:
+    """Prefetch the cache line at pointer (any pointer type) for reading; locality 3 brings it into every
+    level (prefetcht0), 2 into L2 and beyond (prefetcht1). Never faults, whatever the address."""
+    fn = declare(builder, "llvm.prefetch.p0", [PTR, I32, I32, I32])
+    builder.call(fn, [builder.bitcast(pointer, PTR), ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)])
+
+
+@intrinsic
+def prefetch(typingctx, array, offset, locality):
+    """Prefetch the cache line of array[offset] (see emit_prefetch; locality a literal 0-3)."""
+    if not isinstance(locality, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        emit_prefetch(builder, address(context, builder, sig.args[0], args[0], args[1]), locality.literal_value)
+
+    return types.void(array, types.int64, locality), codegen
