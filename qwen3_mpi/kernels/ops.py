@@ -32,7 +32,7 @@ def silu_mul(out_TF, gu_T2F):
             out_TF[t, f] = g / (np.float32(1.0) + exp32(-g)) * gu_T2F[t, F + f]
 
 
-@njit(cache=True)
+@njit(fastmath=True, cache=True, inline="always")
 def _norm_rope(v_K, w_K, cos_K2, sin_K2, eps):
     """In place: RMSNorm of one head vector, then RoPE (rotate-half layout)."""
     K = v_K.shape[0]
