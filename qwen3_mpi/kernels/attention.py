@@ -96,6 +96,10 @@ def _online_softmax(p, r, m, l, acc):
         e = exp32(p[c] - new_m)
         p[c] = e
         total += e
+    if m[r] == -np.inf:  # the row's first block: no output to rescale yet
+        l[r] = total
+        m[r] = new_m
+        return
     corr = exp32(m[r] - new_m)
     l[r] = l[r] * corr + total
     m[r] = new_m
