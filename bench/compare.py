@@ -1,11 +1,14 @@
 """Side by side on this machine: transformers (bf16 and fp32) and qwen3_mpi on the same checkpoint, the
 same prompt length and number of new tokens, against the machine's measured limits.
 
-    python bench/compare.py [-m DIR] [--prompt-len 128] [--gen-len 64] [--iters 3] [--ranks 1 2]
-                            [--attention streaming] [-o results.json]
-Needs the test extra (torch, transformers). Prints a table: tokens/s, ratios to transformers, decode as
-a percentage of the bandwidth roofline (weight bytes read per token / measured read bandwidth) and
-prefill as a percentage of the measured float32 GEMM rate.
+    python bench/compare.py [-m DIR] [--prompt-len 128] [--gen-len 64] [--rounds 5] [--iters 2]
+                            [--ranks 1 2] [--attention streaming] [-o results.json]
+Needs the test extra (torch, transformers). The engines take turns: each round measures the machine,
+then runs every engine (its own process, a warm-up and --iters measured iterations), so that a ratio
+compares figures taken minutes apart at most (this VM's speed moves by 10-40% over minutes). Prints a
+table: tokens/s (median over rounds), ratios to transformers and decode as a percentage of the bandwidth
+roofline (weight bytes read per token / the round's best read bandwidth), each a median over rounds
+with its range, and prefill as a percentage of the measured float32 GEMM rate.
 """
 
 import argparse
@@ -230,7 +233,8 @@ def main():
     parser.add_argument("-m", "--model", help="checkpoint (default: the demo checkpoint)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--gen-len", type=int, default=64)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="turns of all engines (median over rounds)")
+    parser.add_argument("--iters", type=int, default=2, help="measured iterations per engine and round")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--attention", default="streaming")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -245,13 +249,9 @@ def main():
 
     model_dir = args.model or str(ensure_demo())
     config = json.loads(Path(model_dir, "config.json").read_text())
-    # the machine's limits, measured before each engine and after the last (this VM's bandwidth moves
-    # by 10-40% within minutes); the highest figures are used
-    measured = []
 
-    def measure(when: str) -> None:
+    def measure(when: str) -> dict:
         m = in_subprocess(args, "machine", model_dir)
-        measured.append(m)
         print(
             f"machine {when}: {args.threads} threads; read bandwidth {m['numba_gb_s']:.1f} GB/s (numba: "
             f"{m['numba_plain_gb_s']:.1f} plain, {m['numba_streams_prefetch_gb_s']:.1f} four streams with "
@@ -259,53 +259,83 @@ def main():
             f"{m['sgemm_gflop_s']:.0f} GFLOP/s",
             flush=True,
         )
+        return m
 
-    rows = {}
-    for dtype in ("bfloat16", "float32"):
-        measure(f"before transformers {dtype}")
-        rows[f"transformers {dtype}"] = in_subprocess(args, dtype, model_dir)
-        print(f"transformers {dtype}: {rows[f'transformers {dtype}']}", flush=True)
-    for n in args.ranks:
-        measure(f"before qwen3_mpi N={n}")
-        r = qwen3_mpi_run(args.model, n, args.attention, args.prompt_len, args.gen_len, args.iters)
-        rows[f"qwen3_mpi N={n}"] = r
-        print(
-            f"qwen3_mpi N={n}: prefill {r['prefill_tokens_per_s']:.1f}, decode {r['decode_tokens_per_s']:.2f}",
-            flush=True,
-        )
-    measure("after the engines")
-    machine = {key: max(m[key] for m in measured) for key in measured[0]}
-    machine["measured"] = measured
-    print("using the highest of the machine's figures", flush=True)
+    engines = ["transformers bfloat16", "transformers float32"] + [f"qwen3_mpi N={n}" for n in args.ranks]
+    rounds = []  # per round: {"machine": [...], engine: figures}
+    for k in range(args.rounds):
+        figures = {"machine": [measure(f"round {k + 1}, before the engines")]}
+        for name in engines:
+            if name.startswith("transformers"):
+                r = in_subprocess(args, name.split()[1], model_dir)
+            else:
+                n = int(name.split("=")[1])
+                r = qwen3_mpi_run(args.model, n, args.attention, args.prompt_len, args.gen_len, args.iters)
+            figures[name] = r
+            print(
+                f"round {k + 1}: {name}: prefill {r['prefill_tokens_per_s']:.1f}, decode "
+                f"{r['decode_tokens_per_s']:.2f} tokens/s",
+                flush=True,
+            )
+        figures["machine"].append(measure(f"round {k + 1}, after the engines"))
+        rounds.append(figures)
+
     flops = linear_flops_per_token(config)
-    bf16, fp32 = rows["transformers bfloat16"], rows["transformers float32"]
+    summary = {}
+    for name in engines:
+        prefill = [f[name]["prefill_tokens_per_s"] for f in rounds]
+        decode = [f[name]["decode_tokens_per_s"] for f in rounds]
+        row = {
+            "prefill_tokens_per_s": statistics.median(prefill),
+            "decode_tokens_per_s": statistics.median(decode),
+            "prefill_vs_tf_fp32": [
+                p / f["transformers float32"]["prefill_tokens_per_s"] for p, f in zip(prefill, rounds)
+            ],
+            "decode_vs_tf_bf16": [
+                d / f["transformers bfloat16"]["decode_tokens_per_s"] for d, f in zip(decode, rounds)
+            ],
+            "prefill_pct_of_gemm": [
+                100 * p * flops / 1e9 / max(m["sgemm_gflop_s"] for m in f["machine"]) for p, f in zip(prefill, rounds)
+            ],
+        }
+        if "weight_bytes_per_token" in rounds[0][name]:
+            row["weight_bytes_per_token"] = rounds[0][name]["weight_bytes_per_token"]
+            row["decode_pct_of_roofline"] = [
+                100 * d * row["weight_bytes_per_token"] / (max(m["numba_gb_s"] for m in f["machine"]) * 1e9)
+                for d, f in zip(decode, rounds)
+            ]
+        summary[name] = row
+
+    def spread(values, fmt):
+        return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+    bandwidths = [max(m["numba_gb_s"] for m in f["machine"]) for f in rounds]
     print(
-        f"\nprompt {args.prompt_len}, {args.gen_len} new tokens, median of {args.iters}; "
-        f"roofline = weight bytes per token / {machine['numba_gb_s']:.1f} GB/s"
+        f"\nprompt {args.prompt_len}, {args.gen_len} new tokens; {args.rounds} rounds, median of {args.iters} "
+        f"per engine and round; tokens/s: median over rounds; ratios and percentages: median (range) over "
+        f"rounds, each taken within one round; read bandwidth per round (best of its two measurements): "
+        + ", ".join(f"{b:.1f}" for b in bandwidths)
+        + " GB/s"
     )
     print(
         "| engine | prefill tokens/s | decode tokens/s | prefill vs tf fp32 | decode vs tf bf16 | "
         "decode % of roofline | prefill % of GEMM rate |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        extra = ""
-        if "weight_bytes_per_token" in r:
-            roofline = machine["numba_gb_s"] * 1e9 / r["weight_bytes_per_token"]
-            r["roofline_tokens_per_s"] = roofline
-            extra = f"{100 * r['decode_tokens_per_s'] / roofline:.0f}% of {roofline:.1f}"
-        gemm = 100 * r["prefill_tokens_per_s"] * flops / 1e9 / machine["sgemm_gflop_s"]
+    ratio, pct = (lambda v: f"{v:.2f}x"), (lambda v: f"{v:.0f}%")
+    for name, r in summary.items():
+        roofline = spread(r["decode_pct_of_roofline"], pct) if "decode_pct_of_roofline" in r else ""
         print(
             f"| {name} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | "
-            f"{r['prefill_tokens_per_s'] / fp32['prefill_tokens_per_s']:.2f}x | "
-            f"{r['decode_tokens_per_s'] / bf16['decode_tokens_per_s']:.2f}x | {extra} | {gemm:.0f}% |"
+            f"{spread(r['prefill_vs_tf_fp32'], ratio)} | {spread(r['decode_vs_tf_bf16'], ratio)} | {roofline} | "
+            f"{spread(r['prefill_pct_of_gemm'], pct)} |"
         )
     if args.output:
         with open(args.output, "w") as f:
             json.dump(
                 {
-                    "machine": machine,
-                    "engines": rows,
+                    "summary": summary,
+                    "rounds": rounds,
                     "prompt_len": args.prompt_len,
                     "gen_len": args.gen_len,
                     "iters": args.iters,

@@ -30,7 +30,8 @@ def emit_prefetch(builder, pointer, locality: int) -> None:
     """Prefetch the cache line at pointer (any pointer type) for reading; locality 3 brings it into every
     level (prefetcht0), 2 into L2 and beyond (prefetcht1). Never faults, whatever the address."""
     fn = declare(builder, "llvm.prefetch.p0", [PTR, I32, I32, I32])
-    builder.call(fn, [builder.bitcast(pointer, PTR), ir.Constant(I32, 0), ir.Constant(I32, locality), ir.Constant(I32, 1)])
+    read, data = ir.Constant(I32, 0), ir.Constant(I32, 1)
+    builder.call(fn, [builder.bitcast(pointer, PTR), read, ir.Constant(I32, locality), data])
 
 
 @intrinsic
