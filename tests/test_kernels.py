@@ -12,6 +12,7 @@ from qwen3_mpi.kernels import (
     attention_standard,
     attention_streaming,
     embed_rows,
+    fma,
     rmsnorm,
     silu_mul,
 )
@@ -100,7 +101,7 @@ def to_bf16_bits(a):
     return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
-LINEAR_PATHS = ["bf16-amx", "bf16-sgemm", "f32"]  # bf16-amx where the CPU has AMX, else as bf16-sgemm
+LINEAR_PATHS = ["bf16-tiles", "bf16-sgemm", "f32"]  # bf16-tiles: AMX where the CPU has it, else FMA
 
 
 @pytest.mark.parametrize("path", LINEAR_PATHS)
@@ -113,7 +114,7 @@ def test_linear_matches_numpy(path, T, O, I):
         w = to_bf16_bits(w)
     w32 = bf16_to_f32(w) if path != "f32" else w
     x = rng.standard_normal((T, I), dtype=np.float32)
-    lin = Linear(w, tiles=path == "bf16-amx")  # 1000 rows: several tiles, the last one partial
+    lin = Linear(w, tiles=path == "bf16-tiles")  # 1000 rows: several tiles, the last one partial
     y = np.zeros((T, O), np.float32)
     lin(y, x, np.zeros(lin.scratch_size(T), np.float32))
     np.testing.assert_allclose(y, x.astype(np.float64) @ w32.T.astype(np.float64), atol=1e-4, rtol=1e-4)
@@ -262,3 +263,24 @@ def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
     sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
     amx_error = np.max(np.abs(y - exact) / scale)
     assert amx_error <= 2 * sgemm_error, (amx_error, sgemm_error)
+
+
+@pytest.mark.parametrize(
+    ("T", "O", "I"), [(5, 32, 2), (8, 64, 64), (37, 100, 1100), (150, 1003, 2081), (128, 1024, 3072), (7, 48, 1)]
+)
+def test_fma_matmul_is_as_exact_as_float32_sgemm(T, O, I):
+    """Every path through the FMA kernel (runs on any CPU): tokens not a multiple of MT, a last task of two
+    blocks, outputs past y (1003, 100, 48), several column chunks (accumulating in y), an odd last column,
+    a single column. Its error against float64 must be that of float32 sgemm."""
+    local = np.random.default_rng(I)
+    w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
+    w32 = bf16_to_f32(w)
+    x = local.standard_normal((T, I), dtype=np.float32)
+    exact = x.astype(np.float64) @ w32.T.astype(np.float64)
+    y = np.full((T, O), np.nan, np.float32)
+    threads = numba.get_num_threads()
+    fma.matmul(y, x, amx.pack(w), np.zeros(fma.scratch_floats(threads), np.float32).reshape(threads, -1))
+    scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
+    sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
+    fma_error = np.max(np.abs(y - exact) / scale)
+    assert fma_error <= 2 * max(sgemm_error, 2**-24), (fma_error, sgemm_error)

@@ -1,11 +1,11 @@
 """y = x @ W.T for weights kept in the checkpoint's dtype (bf16 bits or float32), W shaped [O, I].
 
-Few rows of x (decode): a numba kernel reads every weight once and widens it in registers, so the bytes
-read per token equal the stored size (memory bound). Many rows (prefill, compute bound): bf16 W on a CPU
-with AMX goes to the tile kernels of amx.py, and is then stored in their layout (amx.pack: the same
-bytes, in 1 KiB tiles of 16 outputs x 32 inputs; the decode kernel reads that layout as well);
-otherwise numba threads each take tiles of W rows, widen a tile to float32 in their own scratch
-(L2-resident) and multiply it with OpenBLAS sgemm called from that thread.
+bf16 W is stored in the tile layout of amx.pack (the same bytes, in 1 KiB tiles of 16 outputs x 32
+inputs). Few rows of x (decode): a numba kernel reads every weight once and widens it in registers, so
+the bytes read per token equal the stored size (memory bound). Many rows (prefill, compute bound): the
+AMX tile kernels of amx.py where the CPU has them, else the float32 FMA kernel of fma.py. float32 W (and
+bf16 W kept in rows, tiles=False): numba threads each take tiles of W rows, widen a tile to float32 in
+their own scratch (L2-resident) and multiply it with OpenBLAS sgemm called from that thread.
 """
 
 import numpy as np
@@ -13,7 +13,7 @@ from numba import get_num_threads, get_thread_id, njit, prange
 from numba.extending import overload
 
 from .. import aligned
-from . import amx
+from . import amx, fma
 from .bf16 import dot_pairs_16x4, pair_to_f32, to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .ops import embed_rows
@@ -163,7 +163,7 @@ class Linear:
     """A weight matrix W [O, I] of this rank (raw checkpoint dtype) and its product with activations."""
 
     def __init__(self, w_OI: np.ndarray, tiles: bool = True):
-        """tiles=False keeps bf16 W as it is (rows) even where AMX is available (for tests)."""
+        """tiles=False keeps bf16 W as it is (rows) instead of the tile layout (for tests)."""
         assert w_OI.ndim == 2 and w_OI.flags.c_contiguous and w_OI.dtype in (np.uint16, np.float32)
         self.shape = w_OI.shape
         self.packed = tiles and self.tiles_for(w_OI.dtype)
@@ -187,8 +187,8 @@ class Linear:
 
     @staticmethod
     def tiles_for(dtype: np.dtype) -> bool:
-        """Whether a matrix of this raw dtype goes into the tile layout (bf16 on a CPU with AMX)."""
-        return amx.AVAILABLE and dtype == np.uint16
+        """Whether a matrix of this raw dtype goes into the tile layout: bf16 does, on every CPU."""
+        return dtype == np.uint16
 
     @property
     def nbytes(self) -> int:
@@ -210,8 +210,10 @@ class Linear:
                 matvec_packed(y_TO, x_TI, w, scratch[: threads * PACKED_OUT].reshape(threads, PACKED_OUT))
             else:
                 matvec(y_TO, x_TI, w)
-        elif self.packed:
+        elif self.packed and amx.AVAILABLE:
             amx.matmul(y_TO, x_TI, w, scratch, threads)
+        elif self.packed:
+            fma.matmul(y_TO, x_TI, w, scratch[: fma.scratch_floats(threads)].reshape(threads, -1))
         elif SGEMM is not None:
             matmul_tiles(y_TO, x_TI, w, scratch[: threads * TILE_ROWS * I].reshape(threads, TILE_ROWS, I), SGEMM)
         elif w.dtype == np.float32:
@@ -234,7 +236,7 @@ class Linear:
         if T <= SMALL_T:
             return threads * PACKED_OUT if self.packed else 0
         if self.packed:
-            return amx.scratch_floats(I, T, threads)
+            return amx.scratch_floats(I, T, threads) if amx.AVAILABLE else fma.scratch_floats(threads)
         if SGEMM is not None:
             return threads * TILE_ROWS * I
         return O * I
