@@ -3,8 +3,10 @@
     python bench/attention.py [--heads 16] [--kv-heads 8] [--head-dim 128] [--queries 1 128]
                               [--positions 128 256 ... 16384] [--threads N] [-o results.jsonl]
 For each case the new queries sit at the end of S cached positions (decode: 1 query; a prefill chunk:
-128). Prints one JSON line per case: median seconds of 5 runs, and the kernel's working memory (its
-per-thread scratch, the only memory that differs between the kernels; the KV cache is the same).
+128). As in a forward pass, each call reads the KV cache of the next of several layers (together at
+least --cache-mb, so the cache comes from memory, not from the last level of CPU cache); the two kernels
+take turns. Prints one JSON line per case: median seconds per call over 5 turns, and the kernel's
+working memory (its per-thread scratch, the only memory that differs between the kernels).
 """
 
 import argparse
@@ -29,6 +31,7 @@ def main():
     parser.add_argument("--block", type=int, default=256)
     parser.add_argument("--qblock", type=int, default=128)
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
+    parser.add_argument("--cache-mb", type=int, default=256, help="KV caches walked, in all (default 256)")
     parser.add_argument("-o", "--output")
     args = parser.parse_args()
     numba.set_num_threads(args.threads)
@@ -41,39 +44,39 @@ def main():
     for S in args.positions:
         k = rng.standard_normal((G, S, K), dtype=np.float32)
         v = rng.standard_normal((G, S, K), dtype=np.float32)
+        layers = [(k, v)] + [(k.copy(), v.copy()) for _ in range(-(-(args.cache_mb << 20) // (2 * k.nbytes)) - 1)]
         for T in args.queries:
             if T > S:
                 continue
             qkv = rng.standard_normal((T, H * K), dtype=np.float32)
             out = np.zeros((T, H * K), np.float32)
             pos0 = S - T
-            results = {}
-            for kind in ("standard", "streaming"):
-                if kind == "standard":
-                    scratch = np.zeros((args.threads, S), np.float32)
-                    run = lambda: attention_standard(out, qkv, kv_of_H, k, v, pos0, scale, scratch)  # noqa: E731
-                else:
-                    size = streaming_scratch_size(args.block, args.qblock, K, H // G)
-                    scratch = np.zeros((args.threads, size), np.float32)
-                    run = lambda: streaming(
-                        out,
-                        qkv,
-                        heads_of_G,
-                        k,
-                        v,
-                        pos0,
-                        scale,
-                        scratch,  # noqa: E731
-                        args.block,
-                        args.qblock,
-                    )
-                run()
-                times = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - t0)
+            std_scratch = np.zeros((args.threads, S), np.float32)
+            size = streaming_scratch_size(args.block, args.qblock, K, H // G)
+            str_scratch = np.zeros((args.threads, size), np.float32)
+            kernels = {
+                "standard": (
+                    std_scratch,
+                    lambda k, v: attention_standard(out, qkv, kv_of_H, k, v, pos0, scale, std_scratch),
+                ),
+                "streaming": (
+                    str_scratch,
+                    lambda k, v: streaming(
+                        out, qkv, heads_of_G, k, v, pos0, scale, str_scratch, args.block, args.qblock
+                    ),
+                ),
+            }
+            results, times = {}, {kind: [] for kind in kernels}
+            for kind, (_, run) in kernels.items():
+                run(k, v)
                 results[kind] = out.copy()
+            for _ in range(5):
+                for kind, (_, run) in kernels.items():
+                    t0 = time.perf_counter()
+                    for kl, vl in layers:
+                        run(kl, vl)
+                    times[kind].append((time.perf_counter() - t0) / len(layers))
+            for kind, (scratch, _) in kernels.items():
                 row = {
                     "kernel": kind,
                     "positions": S,
@@ -82,7 +85,8 @@ def main():
                     "kv_heads": G,
                     "head_dim": K,
                     "threads": args.threads,
-                    "seconds": statistics.median(times),
+                    "layers": len(layers),
+                    "seconds": statistics.median(times[kind]),
                     "working_memory_bytes": scratch.nbytes,
                 }
                 line = json.dumps(row)
@@ -91,7 +95,6 @@ def main():
                     with open(args.output, "a") as f:
                         f.write(line + "\n")
             assert np.allclose(results["standard"], results["streaming"], atol=1e-4, rtol=1e-3)
-
 
 if __name__ == "__main__":
     main()
