@@ -57,12 +57,14 @@ def main():
             kernels = {
                 "standard": (
                     std_scratch,
-                    lambda k, v: attention_standard(out, qkv, kv_of_H, k, v, pos0, scale, std_scratch),
+                    lambda k, v, out=out, qkv=qkv, pos0=pos0, scratch=std_scratch: attention_standard(
+                        out, qkv, kv_of_H, k, v, pos0, scale, scratch
+                    ),
                 ),
                 "streaming": (
                     str_scratch,
-                    lambda k, v: streaming(
-                        out, qkv, heads_of_G, k, v, pos0, scale, str_scratch, args.block, args.qblock
+                    lambda k, v, out=out, qkv=qkv, pos0=pos0, scratch=str_scratch: streaming(
+                        out, qkv, heads_of_G, k, v, pos0, scale, scratch, args.block, args.qblock
                     ),
                 ),
             }
@@ -95,6 +97,7 @@ def main():
                     with open(args.output, "a") as f:
                         f.write(line + "\n")
             assert np.allclose(results["standard"], results["streaming"], atol=1e-4, rtol=1e-3)
+
 
 if __name__ == "__main__":
     main()
