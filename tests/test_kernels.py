@@ -101,7 +101,7 @@ def to_bf16_bits(a):
     return (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
-LINEAR_PATHS = ["bf16-tiles", "bf16-sgemm", "f32"]  # bf16-tiles: AMX where the CPU has it, else FMA
+LINEAR_PATHS = ["bf16-tiles", "bf16-sgemm", "f32"]  # bf16-tiles: AMX, else FMA (AVX-512), else as bf16-sgemm
 
 
 @pytest.mark.parametrize("path", LINEAR_PATHS)

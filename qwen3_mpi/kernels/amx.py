@@ -28,7 +28,7 @@ from numba import get_thread_id, njit, prange, types
 from numba.extending import intrinsic
 
 from .. import aligned
-from .llvm_ir import I8, I64, PTR, address, declare, itemsize, prefetch
+from .llvm_ir import I8, I64, PTR, address, declare, itemsize, prefetch, target_features
 
 ROWS = 32  # outputs (rows of W) per task: two B tiles
 TOKENS = 32  # tokens per pass over a task's weights: two A tiles
@@ -42,24 +42,10 @@ _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
 
 
-def _numba_cpu_features() -> str:
-    """The feature string numba compiles for (its configured one, else the host's)."""
-    from numba.core import config
-
-    if config.CPU_FEATURES is not None:
-        return config.CPU_FEATURES
-    if config.CPU_NAME not in (None, "host"):
-        return ""  # a named CPU without an explicit feature list: do not assume AMX
-    import llvmlite.binding as llvm
-
-    return llvm.get_host_cpu_features().flatten()
-
-
 def _enable() -> bool:
     if os.environ.get("QWEN3_MPI_AMX", "1") == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    features = set(_numba_cpu_features().split(","))
-    if not {"+amx-tile", "+amx-bf16"} <= features:
+    if not {"+amx-tile", "+amx-bf16"} <= target_features():
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0

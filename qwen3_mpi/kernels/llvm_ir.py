@@ -1,5 +1,5 @@
-"""LLVM IR pieces shared by the hand-written kernels (amx.py, bf16.py): intrinsic declarations, element
-addresses, and a software prefetch callable from numba."""
+"""LLVM IR pieces shared by the hand-written kernels (amx.py, bf16.py, fma.py): intrinsic declarations,
+element addresses, a software prefetch callable from numba, and the CPU features numba compiles for."""
 
 from llvmlite import ir
 from numba import types
@@ -44,3 +44,17 @@ def prefetch(typingctx, array, offset, locality):
         emit_prefetch(builder, address(context, builder, sig.args[0], args[0], args[1]), locality.literal_value)
 
     return types.void(array, types.int64, locality), codegen
+
+
+def target_features() -> set[str]:
+    """The CPU features numba compiles for ("+avx512f", "-amx-tile", ...): its configured feature list,
+    else the host's; empty for a named CPU without a feature list (assume nothing)."""
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        return set(config.CPU_FEATURES.split(","))
+    if config.CPU_NAME not in (None, "host"):
+        return set()
+    import llvmlite.binding as llvm
+
+    return set(llvm.get_host_cpu_features().flatten().split(","))
