@@ -1,4 +1,4 @@
-"""Prefill matrix products on CPUs without AMX: float32 FMA on bf16 weights widened in registers.
+"""Prefill matrix products on AVX-512 CPUs without AMX: float32 FMA on bf16 weights widened in registers.
 
 The weights stay in the tile layout of amx.pack, whose 64-byte rows hold one column pair of 16 outputs
 (uint32 lanes: column 2k in the low half, 2k + 1 in the high half). One 512-bit load, a shift and a
@@ -10,8 +10,9 @@ column pairs at a time, so the NB runs of weights it reads (NB x 16 outputs x 2 
 
 Measured on a 2-core AMD EPYC (Zen 5), 128 tokens of Qwen3-0.6B's projections: one thread 244-254
 GFLOP/s, two threads ~490-510 (the FMA units' peak is ~264 per core), against 280-355 for numpy's
-OpenBLAS sgemm on the same cores (200-230 with OPENBLAS_CORETYPE=Haswell). Each KCP chunk starts its accumulators at zero and is added to y at the end, as a blocked
-sgemm adds its K blocks, which keeps the rounding error that of sgemm.
+OpenBLAS sgemm on the same cores (200-230 with OPENBLAS_CORETYPE=Haswell). Each KCP chunk starts its
+accumulators at zero and is added to y at the end, as a blocked sgemm adds its K blocks, which keeps
+the rounding error that of sgemm.
 """
 
 import numpy as np
