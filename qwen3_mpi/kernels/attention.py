@@ -138,22 +138,23 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
         t0 = qb * qblock
         t1 = min(T, t0 + qblock)
         nq = t1 - t0
-        R = (heads_of_G[g + 1] - h0) * nq  # rows: (head, query) pairs
+        heads = heads_of_G[g + 1] - h0
+        R = heads * nq  # rows: (head, query) pairs, row hh nq + tq for head h0 + hh and query t0 + tq
         sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
         end = pos0 + t1  # positions visible to the last query of the block
         for s0 in range(0, end, block):
             n = min(end, s0 + block) - s0
-            # position s0 + j is visible to row r (query t0 + r % nq) if s0 + j <= pos0 + t0 + r % nq
+            # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
             for j in range(n):  # scores of the block, each K row read once for all rows
                 _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
                 k = k_cache_GSK[g, s0 + j]
-                for r in range(R):
-                    if s0 + j <= pos0 + t0 + r % nq:
-                        q = qkv_TO[t0 + r % nq, (h0 + r // nq) * K : (h0 + r // nq + 1) * K]
+                for tq in range(max(0, s0 + j - pos0 - t0), nq):  # the queries that see position s0 + j
+                    for hh in range(heads):
+                        q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
                         a = np.float32(0.0)
                         for i in range(K):
                             a += q[i] * k[i]
-                        sc[r, j] = a * scale
+                        sc[hh * nq + tq, j] = a * scale
             for r in range(R):
                 visible = min(n, pos0 + t0 + r % nq + 1 - s0)
                 if visible > 0:
@@ -161,10 +162,10 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
             for j in range(n):  # plus this block's weighted V, each V row read once
                 _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
                 v = v_cache_GSK[g, s0 + j]
-                for r in range(R):
-                    if s0 + j <= pos0 + t0 + r % nq:
-                        e = sc[r, j]
-                        a_r = acc[r]
+                for tq in range(max(0, s0 + j - pos0 - t0), nq):
+                    for hh in range(heads):
+                        e = sc[hh * nq + tq, j]
+                        a_r = acc[hh * nq + tq]
                         for i in range(K):
                             a_r[i] += e * v[i]
         _write_rows(out_TO, acc, l, h0, t0, nq)
