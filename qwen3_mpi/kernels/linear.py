@@ -20,7 +20,7 @@ from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .llvm_ir import target_features
 from .ops import embed_rows
 
-SMALL_T = 4  # at most this many rows of x: matvec; more: tiles + sgemm
+SMALL_T = 4  # at most this many rows of x: matvec; more: the prefill products
 TILE_ROWS = 128  # rows of W per sgemm call (128 x 3072 floats = 1.5 MB fits L2)
 PACKED_OUT = 64  # floats per thread for matvec_packed: four blocks of 16 outputs
 

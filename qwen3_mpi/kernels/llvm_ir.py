@@ -1,15 +1,18 @@
 """LLVM IR pieces shared by the hand-written kernels (amx.py, bf16.py, fma.py): intrinsic declarations,
 element addresses, a software prefetch callable from numba, and the CPU features numba compiles for."""
 
+import functools
+
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 I8, I32, I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 PTR = I8.as_pointer()
+VOID = ir.VoidType()
 
 
-def declare(builder, name: str, args: list, ret=ir.VoidType()):
+def declare(builder, name: str, args: list, ret=VOID):
     """The function `name` (an LLVM intrinsic) of builder's module, declared on first use."""
     fn = builder.module.globals.get(name)
     return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ret, args), name)
@@ -46,15 +49,16 @@ def prefetch(typingctx, array, offset, locality):
     return types.void(array, types.int64, locality), codegen
 
 
-def target_features() -> set[str]:
+@functools.cache
+def target_features() -> frozenset[str]:
     """The CPU features numba compiles for ("+avx512f", "-amx-tile", ...): its configured feature list,
     else the host's; empty for a named CPU without a feature list (assume nothing)."""
     from numba.core import config
 
     if config.CPU_FEATURES is not None:
-        return set(config.CPU_FEATURES.split(","))
+        return frozenset(config.CPU_FEATURES.split(","))
     if config.CPU_NAME not in (None, "host"):
-        return set()
+        return frozenset()
     import llvmlite.binding as llvm
 
-    return set(llvm.get_host_cpu_features().flatten().split(","))
+    return frozenset(llvm.get_host_cpu_features().flatten().split(","))
