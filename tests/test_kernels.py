@@ -245,23 +245,30 @@ def test_linear_rows_are_the_weight_rows(tiles):
     assert np.array_equal(out, expect)
 
 
-@pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
-@pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
-def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
-    """Every path through the tile kernel: partial blocks of outputs and of tokens, a column tail,
-    several slabs of I (accumulating in y), several chunks of tokens. Its error against float64 must be that of a float32 product (three bf16 parts of x
-    carry all 24 bits; bf16 x alone would be ~1000x worse)."""
-    local = np.random.default_rng(I)  # fixed data: the bound holds with margin (measured ratio 0.5-1.5)
+def _errors_against_float64(product, T, O, I):
+    """(error of product(y, x, wv), error of numpy's float32 sgemm) against float64 for random bf16 W
+    [O, I] packed by amx.pack and x [T, I], each the largest |error| over the sum of |products|."""
+    local = np.random.default_rng(I)  # fixed data: the bounds hold with margin (measured ratio 0.5-1.5)
     w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
     w32 = bf16_to_f32(w)
     x = local.standard_normal((T, I), dtype=np.float32)
     exact = x.astype(np.float64) @ w32.T.astype(np.float64)
     y = np.full((T, O), np.nan, np.float32)
-    threads = numba.get_num_threads()
-    amx.matmul(y, x, amx.pack(w), np.zeros(amx.scratch_floats(I, T, threads), np.float32), threads)
+    product(y, x, amx.pack(w))
     scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
-    sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
-    amx_error = np.max(np.abs(y - exact) / scale)
+    return np.max(np.abs(y - exact) / scale), np.max(np.abs(x @ w32.T - exact) / scale)
+
+
+@pytest.mark.skipif(not amx.AVAILABLE, reason="this CPU (or kernel, or QWEN3_MPI_AMX=0) offers no AMX bf16 tiles")
+@pytest.mark.parametrize(("T", "O", "I"), [(8, 64, 64), (37, 100, 1100), (150, 1003, 2080), (128, 1024, 3072)])
+def test_amx_matmul_is_as_exact_as_float32_sgemm(T, O, I):
+    """Every path through the tile kernel: partial blocks of outputs and of tokens, a column tail,
+    several slabs of I (accumulating in y), several chunks of tokens. Its error against float64 must be
+    that of a float32 product (three bf16 parts of x carry all 24 bits; bf16 x alone would be ~1000x
+    worse)."""
+    threads = numba.get_num_threads()
+    scratch = np.zeros(amx.scratch_floats(I, T, threads), np.float32)
+    amx_error, sgemm_error = _errors_against_float64(lambda y, x, wv: amx.matmul(y, x, wv, scratch, threads), T, O, I)
     assert amx_error <= 2 * sgemm_error, (amx_error, sgemm_error)
 
 
@@ -272,15 +279,7 @@ def test_fma_matmul_is_as_exact_as_float32_sgemm(T, O, I):
     """Every path through the FMA kernel (runs on any CPU): tokens not a multiple of MT, a last task of two
     blocks, outputs past y (1003, 100, 48), several column chunks (accumulating in y), an odd last column,
     a single column. Its error against float64 must be that of float32 sgemm."""
-    local = np.random.default_rng(I)
-    w = to_bf16_bits(local.standard_normal((O, I), dtype=np.float32))
-    w32 = bf16_to_f32(w)
-    x = local.standard_normal((T, I), dtype=np.float32)
-    exact = x.astype(np.float64) @ w32.T.astype(np.float64)
-    y = np.full((T, O), np.nan, np.float32)
     threads = numba.get_num_threads()
-    fma.matmul(y, x, amx.pack(w), np.zeros(fma.scratch_floats(threads), np.float32).reshape(threads, -1))
-    scale = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # sum of |products|
-    sgemm_error = np.max(np.abs(x @ w32.T - exact) / scale)
-    fma_error = np.max(np.abs(y - exact) / scale)
+    c = np.zeros((threads, fma.scratch_floats(threads) // threads), np.float32)
+    fma_error, sgemm_error = _errors_against_float64(lambda y, x, wv: fma.matmul(y, x, wv, c), T, O, I)
     assert fma_error <= 2 * max(sgemm_error, 2**-24), (fma_error, sgemm_error)

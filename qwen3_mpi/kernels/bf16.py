@@ -51,15 +51,24 @@ def pair_to_f32(typingctx, pair):
     return types.UniTuple(types.float32, 2)(types.uint32), codegen
 
 
-_F32x16 = ir.VectorType(ir.FloatType(), 16)
-_I32x16 = ir.VectorType(I32, 16)
+F32x16 = ir.VectorType(ir.FloatType(), 16)
+I32x16 = ir.VectorType(I32, 16)
 PREFETCH_AHEAD = 32  # 64-byte lines each stream of dot_pairs_16x4 prefetches ahead of its loads
 
 
-def _splat(builder, value):
-    undef = ir.Constant(_F32x16, ir.Undefined)
+def splat(builder, value):
+    """<16 x float> with every lane = value (LLVM IR)."""
+    undef = ir.Constant(F32x16, ir.Undefined)
     one = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(_I32x16, [0] * 16))
+    return builder.shuffle_vector(one, undef, ir.Constant(I32x16, [0] * 16))
+
+
+def widen_pairs(builder, pairs):
+    """The two bf16 halves of each lane of a <16 x i32> of pairs as two <16 x float> (LLVM IR): the low
+    halves shifted up, the high halves masked; both exact."""
+    low = builder.bitcast(builder.shl(pairs, ir.Constant(I32x16, [16] * 16)), F32x16)
+    high = builder.bitcast(builder.and_(pairs, ir.Constant(I32x16, [0xFFFF0000] * 16)), F32x16)
+    return low, high
 
 
 @intrinsic
@@ -80,27 +89,25 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
         wdata = context.make_array(signature.args[0])(context, builder, w).data
         xdata = context.make_array(signature.args[5])(context, builder, x).data
         odata = context.make_array(signature.args[8])(context, builder, out).data
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x16, [0.0] * 16)) for _ in range(8)]
-        fma = declare(builder, "llvm.fma.v16f32", [_F32x16] * 3, _F32x16)
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(F32x16, [0.0] * 16)) for _ in range(8)]
+        fma = declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
         ahead = ir.Constant(I64, 16 * PREFETCH_AHEAD)
-        shift, mask = ir.Constant(_I32x16, [16] * 16), ir.Constant(_I32x16, [0xFFFF0000] * 16)
         with cgutils.for_range(builder, nv) as loop:
             k = loop.index
             xi = builder.add(x0v, builder.mul(k, ir.Constant(I64, 2)))
-            xa = _splat(builder, builder.load(builder.gep(xdata, [xi])))
-            xb = _splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, ir.Constant(I64, 1))])))
+            xa = splat(builder, builder.load(builder.gep(xdata, [xi])))
+            xb = splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, ir.Constant(I64, 1))])))
             k16 = builder.mul(k, ir.Constant(I64, 16))
             for j in range(4):
                 at = builder.add(offs[j], k16)
                 emit_prefetch(builder, builder.gep(wdata, [builder.add(at, ahead)]), 3)
-                pairs = builder.load(builder.bitcast(builder.gep(wdata, [at]), _I32x16.as_pointer()), align=4)
-                lo = builder.bitcast(builder.shl(pairs, shift), _F32x16)
-                hi = builder.bitcast(builder.and_(pairs, mask), _F32x16)
+                pairs = builder.load(builder.bitcast(builder.gep(wdata, [at]), I32x16.as_pointer()), align=4)
+                lo, hi = widen_pairs(builder, pairs)
                 builder.store(builder.call(fma, [lo, xa, builder.load(accs[2 * j])]), accs[2 * j])
                 builder.store(builder.call(fma, [hi, xb, builder.load(accs[2 * j + 1])]), accs[2 * j + 1])
         for j in range(4):
             total = builder.fadd(builder.load(accs[2 * j]), builder.load(accs[2 * j + 1]))
             at = builder.gep(odata, [ir.Constant(I64, 16 * j)])
-            builder.store(total, builder.bitcast(at, _F32x16.as_pointer()), align=4)
+            builder.store(total, builder.bitcast(at, F32x16.as_pointer()), align=4)
 
     return sig, codegen

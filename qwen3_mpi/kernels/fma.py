@@ -21,21 +21,12 @@ from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .bf16 import pair_to_f32
-from .llvm_ir import I32, I64, declare
+from .bf16 import F32x16, I32x16, pair_to_f32, splat, widen_pairs
+from .llvm_ir import I64, declare
 
 MT = 4  # tokens per micro-kernel call
 NB = 4  # blocks of 16 outputs per micro-kernel call
 KCP = 128  # column pairs per chunk: NB x 16 x 256 bf16 = 32 KiB of W stays in L1
-
-_F32x16 = ir.VectorType(ir.FloatType(), 16)
-_I32x16 = ir.VectorType(I32, 16)
-
-
-def _splat(builder, value):
-    undef = ir.Constant(_F32x16, ir.Undefined)
-    one = builder.insert_element(undef, value, ir.Constant(I32, 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(_I32x16, [0] * 16))
 
 
 @intrinsic
@@ -56,9 +47,8 @@ def gemm_pairs(typingctx, w_X, w0, run, x_X, x0, xs, n, y_X, y0, ys, accumulate,
         wdata = context.make_array(signature.args[0])(context, builder, w).data
         xdata = context.make_array(signature.args[3])(context, builder, x).data
         ydata = context.make_array(signature.args[7])(context, builder, y).data
-        fma = declare(builder, "llvm.fma.v16f32", [_F32x16] * 3, _F32x16)
-        shift, mask = ir.Constant(_I32x16, [16] * 16), ir.Constant(_I32x16, [0xFFFF0000] * 16)
-        zero = ir.Constant(_F32x16, [0.0] * 16)
+        fma = declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
+        zero = ir.Constant(F32x16, [0.0] * 16)
 
         def const(v):
             return ir.Constant(I64, v)
@@ -71,20 +61,21 @@ def gemm_pairs(typingctx, w_X, w0, run, x_X, x0, xs, n, y_X, y0, ys, accumulate,
             lo, hi = [], []
             for b in range(NB_):
                 at = builder.gep(wdata, [builder.add(w_runs[b], builder.mul(k, const(16)))])
-                pairs = builder.load(builder.bitcast(at, _I32x16.as_pointer()), align=4)
-                lo.append(builder.bitcast(builder.shl(pairs, shift), _F32x16))
-                hi.append(builder.bitcast(builder.and_(pairs, mask), _F32x16))
+                pairs = builder.load(builder.bitcast(at, I32x16.as_pointer()), align=4)
+                low, high = widen_pairs(builder, pairs)
+                lo.append(low)
+                hi.append(high)
             for t in range(MT_):
                 xi = builder.add(x_rows[t], builder.mul(k, const(2)))
-                xa = _splat(builder, builder.load(builder.gep(xdata, [xi])))
-                xb = _splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, const(1))])))
+                xa = splat(builder, builder.load(builder.gep(xdata, [xi])))
+                xb = splat(builder, builder.load(builder.gep(xdata, [builder.add(xi, const(1))])))
                 for b in range(NB_):
                     a = builder.call(fma, [lo[b], xa, builder.load(accs[t][b])])
                     builder.store(builder.call(fma, [hi[b], xb, a]), accs[t][b])
         for t in range(MT_):
             for b in range(NB_):
                 at = builder.add(y0v, builder.add(builder.mul(const(t), ysv), const(16 * b)))
-                ptr = builder.bitcast(builder.gep(ydata, [at]), _F32x16.as_pointer())
+                ptr = builder.bitcast(builder.gep(ydata, [at]), F32x16.as_pointer())
                 total = builder.load(accs[t][b])
                 with builder.if_then(acc_in):
                     builder.store(builder.fadd(builder.load(ptr, align=4), total), ptr, align=4)
