@@ -29,12 +29,13 @@ def main():
             comm.combine_method = method
             x = np.zeros((T, args.hidden), np.float32)
             part = np.random.default_rng(comm.rank).standard_normal((T, args.hidden), dtype=np.float32)
+            h, norm = np.zeros_like(x), np.ones(args.hidden, np.float32)
             rounds = []
             for _ in range(6):
                 comm.barrier()
                 t0 = comm.wtime()
                 for _ in range(iters):
-                    comm.combine(x, part)
+                    comm.combine(x, part, h, norm, np.float32(1e-6))
                 rounds.append((comm.wtime() - t0) / iters * 1e6)
             if comm.is_root:
                 print(

@@ -98,23 +98,23 @@ class Comm:
         os._exit(code)
 
     # --- the forward pass
-    @_timed(lambda self, x_TD, part_TD: part_TD.nbytes * (self.size - 1))  # to every other rank
-    def combine(self, x_TD: np.ndarray, part_TD: np.ndarray) -> None:
+    @_timed(lambda self, x_TD, part_TD, *norm: part_TD.nbytes * (self.size - 1))  # to every other rank
+    def combine(self, x_TD: np.ndarray, part_TD: np.ndarray, out_TD: np.ndarray, w_D: np.ndarray, eps) -> None:
         """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
-        every rank. 'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
+        every rank; then out = rmsnorm(x) * w, the norm that follows every combine in the forward pass.
+        'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
         if self.size == 1:
-            add_partials(x_TD, part_TD[None])
-            return
-        if self.combine_method == "allreduce":
+            parts_RTD = part_TD[None]
+        elif self.combine_method == "allreduce":
             self.world.Allreduce(MPI.IN_PLACE, part_TD, op=MPI.SUM)
-            add_partials(x_TD, part_TD[None])
-            return
-        T, D = part_TD.shape
-        if self._gathered is None or self._gathered.size < self.size * T * D:
-            self._gathered = np.empty(self.size * T * D, dtype=np.float32)
-        gathered_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
-        self.world.Allgather(part_TD, gathered_RTD)
-        add_partials(x_TD, gathered_RTD)
+            parts_RTD = part_TD[None]
+        else:
+            T, D = part_TD.shape
+            if self._gathered is None or self._gathered.size < self.size * T * D:
+                self._gathered = np.empty(self.size * T * D, dtype=np.float32)
+            parts_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
+            self.world.Allgather(part_TD, parts_RTD)
+        add_partials(x_TD, parts_RTD, out_TD, w_D, eps)
 
     @_timed(lambda self, local_TV, counts: 0 if self.is_root else local_TV.nbytes)
     def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:

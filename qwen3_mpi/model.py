@@ -17,7 +17,7 @@ from . import aligned
 from .comm import Comm
 from .config import Qwen3Config, ShardLayout
 from .errors import UserError
-from .kernels import Linear, qk_norm_rope_cache, rmsnorm, silu_mul
+from .kernels import Linear, qk_norm_rope_cache, silu_mul
 from .kernels.attention import (
     ATTENTION_KERNELS,
     BLOCKS_MIN_T,
@@ -236,39 +236,37 @@ class Model:
         x, h, part = self.x_TD[:T], self.h_TD[:T], self.part_TD[:T]
         qkv, attn, gu, act = self.qkv_TO[:T], self.attn_TO[:T], self.gu_TO[:T], self.act_TF[:T]
 
-        # embedding rows of this rank's vocabulary (zeros elsewhere) -> full embeddings
+        # embedding rows of this rank's vocabulary (zeros elsewhere) -> full embeddings; every combine
+        # also computes the norm of the block that follows it into h
         w.embed.rows(part, ids_T, self.layout.vocab[0])
         x[:] = 0.0
-        comm.combine(x, part)
+        comm.combine(x, part, h, w.layers[0].input_layernorm_D if w.layers else w.norm_D, eps)
         for i, layer in enumerate(w.layers):
             k_cache, v_cache = self.cache.layer(i)
-            # attention block: norm, q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
-            rmsnorm(h, x, layer.input_layernorm_D, eps)
+            # attention block: q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
             layer.qkv_proj(qkv, h, self.scratch)
             qk_norm_rope_cache(
                 qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache
             )
             self._attention(attn, qkv, k_cache, v_cache, pos0)
             layer.o_proj(part, attn, self.scratch)
-            # partial sums -> full hidden, added to the residual
-            comm.combine(x, part)
-            # MLP block: norm, gate/up of the local FFN slice, SiLU(gate) * up, down_proj slice
-            rmsnorm(h, x, layer.post_attention_layernorm_D, eps)
+            # partial sums -> full hidden, added to the residual; the MLP's norm
+            comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
+            # MLP block: gate/up of the local FFN slice, SiLU(gate) * up, down_proj slice
             layer.gate_up_proj(gu, h, self.scratch)
             silu_mul(act, gu)
             layer.down_proj(part, act, self.scratch)
-            # partial sums -> full hidden, added to the residual
-            comm.combine(x, part)
+            # partial sums -> full hidden, added to the residual; the next layer's norm (or the final one)
+            last = i + 1 == len(w.layers)
+            comm.combine(x, part, h, w.norm_D if last else w.layers[i + 1].input_layernorm_D, eps)
 
-        # final norm, LM head rows of this rank's vocabulary, logits -> rank 0
+        # h = final norm; LM head rows of this rank's vocabulary, logits -> rank 0
         counts = self.vocab_counts
         if all_logits:
-            rmsnorm(h, x, w.norm_D, eps)
             logits_TV = np.empty((T, self.layout.n_vocab), np.float32)
             w.lm_head(logits_TV, h, self.scratch)
             return comm.gather_columns(logits_TV, counts)
-        rmsnorm(h[:1], x[T - 1 : T], w.norm_D, eps)
-        w.lm_head(self.logits_1V, h[:1], self.scratch)
+        w.lm_head(self.logits_1V, h[T - 1 : T], self.scratch)
         if not gather:
             return self.logits_1V[0]
         full = comm.gather_columns(self.logits_1V, counts)

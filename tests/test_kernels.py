@@ -13,6 +13,7 @@ from qwen3_mpi.kernels import (
     attention_streaming,
     embed_rows,
     fma,
+    qk_norm_rope_cache,
     rmsnorm,
     silu_mul,
 )
@@ -144,11 +145,49 @@ def test_rmsnorm_and_silu():
     np.testing.assert_allclose(act, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-6)
 
 
-def test_add_partials_sums_in_rank_order():
-    parts = np.array([[[1e8]], [[1.0]], [[-1e8]]], np.float32)  # order-sensitive in float32
-    x = np.zeros((1, 1), np.float32)
-    add_partials(x, parts)
+def test_add_partials_sums_in_rank_order_then_norms():
+    parts = np.array([[[1e8, 2.0]], [[1.0, 0.5]], [[-1e8, 0.25]]], np.float32)  # order-sensitive in float32
+    x = np.zeros((1, 2), np.float32)
+    out = np.zeros_like(x)
+    w = np.array([2.0, -1.0], np.float32)
+    add_partials(x, parts, out, w, np.float32(1e-6))
     assert x[0, 0] == (np.float32(1e8) + np.float32(1.0)) + np.float32(-1e8)
+    np.testing.assert_allclose(out, x / np.sqrt((x.astype(np.float64) ** 2).mean() + 1e-6) * w, rtol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 4, 5, 37])  # serial rows (decode) and parallel rows
+def test_add_partials_and_qk_norm_rope_any_rows(T):
+    D, H, G, K, S = 64, 4, 2, 16, 50
+    parts = rng.standard_normal((3, T, D), dtype=np.float32)
+    x0 = rng.standard_normal((T, D), dtype=np.float32)
+    w = rng.standard_normal(D, dtype=np.float32)
+    x, out = x0.copy(), np.zeros((T, D), np.float32)
+    add_partials(x, parts, out, w, np.float32(1e-6))
+    expect = x0 + ((parts[0] + parts[1]) + parts[2])
+    assert np.array_equal(x, expect)
+    np.testing.assert_allclose(
+        out, expect / np.sqrt((expect.astype(np.float64) ** 2).mean(1, keepdims=True) + 1e-6) * w, rtol=1e-5, atol=1e-6
+    )
+    # q/k norm + RoPE: every head normed and rotated, k and v rows into the caches at their positions
+    qkv = rng.standard_normal((T, (H + 2 * G) * K), dtype=np.float32)
+    nq, nk = rng.standard_normal(K, dtype=np.float32), rng.standard_normal(K, dtype=np.float32)
+    ang = rng.uniform(0, 6, (S, K // 2)).astype(np.float32)
+    cos, sin = np.cos(ang), np.sin(ang)
+    kc, vc = np.zeros((G, S, K), np.float32), np.zeros((G, S, K), np.float32)
+    pos0, ref = 3, qkv.copy()
+    qk_norm_rope_cache(qkv, H, G, nq, nk, cos, sin, pos0, np.float32(1e-6), kc, vc)
+    for t in range(T):
+        for j in range(H + G):
+            v = ref[t, j * K : (j + 1) * K].astype(np.float64)
+            v = v / np.sqrt((v**2).mean() + 1e-6) * (nq if j < H else nk)
+            a, b = v[: K // 2], v[K // 2 :]
+            c, s = cos[pos0 + t], sin[pos0 + t]
+            rot = np.concatenate([a * c - b * s, b * c + a * s])
+            np.testing.assert_allclose(qkv[t, j * K : (j + 1) * K], rot, rtol=1e-4, atol=1e-5)
+            if j >= H:
+                assert np.array_equal(kc[j - H, pos0 + t], qkv[t, j * K : (j + 1) * K])
+                v_row = ref[t, (H + G + j - H) * K : (H + G + j - H + 1) * K]
+                assert np.array_equal(vc[j - H, pos0 + t], v_row)
 
 
 def test_embed_rows_only_own_vocabulary():

@@ -20,7 +20,7 @@ from .exp import exp32
 from .llvm_ir import prefetch
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
-KV_AHEAD = 8  # positions of K or V the row kernels prefetch ahead of the one they read
+KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): 4-9% faster than 8 at 128-4096
 
 
 @njit(parallel=True, fastmath=True, cache=True)

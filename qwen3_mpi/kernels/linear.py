@@ -61,11 +61,11 @@ def matvec(y_TO, x_TI, w_OI):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def matvec_packed(y_TO, x_TI, wv_BSKOJ, out_RX):
+def matvec_packed(y_TO, x_TI, wv_BSKOJ, scratch):
     """matvec for W packed by amx.pack: a block of 16 outputs is one contiguous run of tiles whose 64-byte
     rows hold a column pair of all 16 outputs, so 16 float32 lanes accumulate 16 outputs (no horizontal
-    sums); a task takes four blocks a quarter of W apart (four memory streams, as matvec). out: per
-    thread, 64 floats."""
+    sums); a task takes four blocks a quarter of W apart (four memory streams, as matvec). scratch: per
+    thread, PACKED_OUT floats."""
     T, I = x_TI.shape
     O = y_TO.shape[1]
     B, S = wv_BSKOJ.shape[:2]
@@ -74,7 +74,7 @@ def matvec_packed(y_TO, x_TI, wv_BSKOJ, out_RX):
     n = I // 2  # whole column pairs
     q = (B + 3) // 4
     for b in prange(q):
-        out = out_RX[get_thread_id()]
+        out = scratch[get_thread_id() * PACKED_OUT : (get_thread_id() + 1) * PACKED_OUT]
         # blocks b, b + q, b + 2q, b + 3q; past the end, block B - 1 is read again and not stored
         offs = (b * run, min(b + q, B - 1) * run, min(b + 2 * q, B - 1) * run, min(b + 3 * q, B - 1) * run)
         for t in range(T):
@@ -209,13 +209,14 @@ class Linear:
         T = x_TI.shape[0]
         w = self.w
         O, I = self.shape
-        threads = get_num_threads()
-        if T <= SMALL_T:
+        if T <= SMALL_T:  # a decode step: dispatch in as few Python steps as possible (~140 calls a token)
             if self.packed:
-                matvec_packed(y_TO, x_TI, w, scratch[: threads * PACKED_OUT].reshape(threads, PACKED_OUT))
+                matvec_packed(y_TO, x_TI, w, scratch)
             else:
                 matvec(y_TO, x_TI, w)
-        elif self.packed and amx.AVAILABLE:
+            return
+        threads = get_num_threads()
+        if self.packed and amx.AVAILABLE:
             amx.matmul(y_TO, x_TI, w, scratch, threads)
         elif self.packed:
             fma.matmul(y_TO, x_TI, w, scratch[: fma.scratch_floats(threads)].reshape(threads, -1))
