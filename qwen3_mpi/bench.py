@@ -53,6 +53,7 @@ def run(args, comm: Comm, model_dir: Path, model) -> None:
                     "ranks": comm.size,
                     "threads_per_rank": numba.get_num_threads(),
                     "attention": kernel,
+                    "kv_cache_dtype": model.cache.dtype,
                     "combine": comm.combine_method,
                     "prompt_len": args.prompt_len,
                     "gen_len": args.gen_len,

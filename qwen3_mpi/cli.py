@@ -19,6 +19,7 @@ from .comm import AgreedError, Comm
 from .config import COMBINE_KINDS
 from .errors import UserError
 from .kernels.attention import ATTENTION_KERNELS
+from .kv_cache import KV_DTYPES
 
 PROG = "qwen3-mpi"
 
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="attention kernel (default: streaming)",
             )
         p.add_argument("--block-size", type=_positive, default=256, help="streaming attention KV block (default 256)")
+        p.add_argument(
+            "--kv-cache-dtype",
+            choices=list(KV_DTYPES),
+            default="float32",
+            help="KV cache element type; bfloat16 halves its memory and what attention reads (default float32)",
+        )
         p.add_argument(
             "--combine",
             choices=COMBINE_KINDS,

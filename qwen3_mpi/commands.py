@@ -107,6 +107,7 @@ def _load(args, comm: Comm, model_dir: Path, config: Qwen3Config, max_context: i
         max_context=max_context,
         max_tokens=max_tokens,
         block=args.block_size,
+        kv_dtype=args.kv_cache_dtype,
     )
     model.warmup()
     load_s = comm.max(comm.wtime() - t0)
@@ -305,6 +306,7 @@ def generate(args, comm: Comm) -> None:
         "ranks": comm.size,
         "threads_per_rank": numba.get_num_threads(),
         "attention": args.attention,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "combine": comm.combine_method,
         "sampling": {**dataclasses.asdict(params), "seed": seed},
         "load_s": load_s,

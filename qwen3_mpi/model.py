@@ -27,7 +27,7 @@ from .kernels.attention import (
     streaming_scratch_size,
 )
 from .kernels.linear import SMALL_T
-from .kv_cache import KVCache
+from .kv_cache import KV_DTYPES, KVCache
 from .rope import rope_tables
 from .weights import Checkpoint, as_f32
 
@@ -180,6 +180,7 @@ class Model:
         max_tokens: int,
         block: int = 256,
         qblock: int = 128,
+        kv_dtype: str = "float32",
     ):
         self.config, self.layout, self.weights, self.comm = config, layout, weights, comm
         self.max_context, self.max_tokens = max_context, max_tokens
@@ -192,7 +193,9 @@ class Model:
         self.last_T = 0
         self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
         self.heads_of_G = heads_of_kv(self.kv_of_H, layout.n_kv_heads)
-        self.cache = KVCache(config.num_hidden_layers, G, max_context, K)
+        if kv_dtype not in KV_DTYPES:
+            raise UserError(f"--kv-cache-dtype must be one of {', '.join(KV_DTYPES)}, not {kv_dtype!r}")
+        self.cache = KVCache(config.num_hidden_layers, G, max_context, K, kv_dtype)
         self.cos_PK2, self.sin_PK2 = rope_tables(config, max_context)
         self.scale = np.float32(K**-0.5)
         f32, zeros = np.float32, aligned.zeros  # every buffer on a cache line (see aligned.py)
@@ -220,7 +223,7 @@ class Model:
             size = self.max_context
         else:
             group = int(np.diff(self.heads_of_G).max())
-            size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group)
+            size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group, self.cache.k_LGSK.dtype)
         self.attn_scratch = aligned.zeros((threads, size), np.float32)
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True) -> np.ndarray | None:

@@ -8,6 +8,7 @@
 #   ITERS       measured iterations (median reported)    (default 3)
 #   ATTENTION   kernels, comma-separated                 (default "standard,streaming")
 #   THREADS     threads per rank                         (default: node cores / ranks on the node)
+#   KV_CACHE_DTYPE  float32 or bfloat16                  (default float32)
 #   MPIRUN      launcher and its options                 (default "mpirun"; e.g. "mpirun -f hosts")
 #   OUT         results directory                        (default bench/results/<date-time>)
 #
@@ -27,6 +28,7 @@ mkdir -p "$OUT"
 args=(--gen-len "$GEN_LEN" --iters "$ITERS" --attention "$ATTENTION" -o "$OUT/results.jsonl")
 [ -n "${MODEL:-}" ] && args+=(-m "$MODEL")
 [ -n "${THREADS:-}" ] && args+=(--threads "$THREADS")
+[ -n "${KV_CACHE_DTYPE:-}" ] && args+=(--kv-cache-dtype "$KV_CACHE_DTYPE")
 
 for n in $NUM_PROCS; do
   for p in $PROMPT_LEN; do

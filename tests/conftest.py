@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qwen3_mpi.demo import QWEN3_0_6B
@@ -127,15 +128,28 @@ def _write_checkpoint(directory: Path, kwargs: dict, dtype: str, shard: str | No
 
 
 def _reference(directory: Path) -> dict:
-    """transformers' fp32 logits at every prompt position and its greedy continuation."""
+    """transformers' fp32 logits at every prompt position and its greedy continuation; and the logits
+    with every key and value rounded to bf16 as it enters the cache (the reference of a bf16 KV cache)."""
     import torch
-    from transformers import Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM, cache_utils
 
     model = Qwen3ForCausalLM.from_pretrained(directory, dtype=torch.float32)
     model.eval()
     ids = torch.tensor([PROMPT_IDS])
+    update = cache_utils.DynamicLayer.update
+
+    def update_rounded(self, key_states, value_states, *args, **kwargs):
+        bf16 = torch.bfloat16
+        return update(self, key_states.to(bf16).float(), value_states.to(bf16).float(), *args, **kwargs)
+
     with torch.no_grad():
         logits = model(ids).logits[0].numpy()
+        cache_utils.DynamicLayer.update = update_rounded
+        try:
+            logits_bf16_kv = model(ids, use_cache=True).logits[0].numpy()
+        finally:
+            cache_utils.DynamicLayer.update = update
+        assert not np.array_equal(logits, logits_bf16_kv)  # the rounding took effect
         out = model.generate(
             ids,
             max_new_tokens=GREEDY_TOKENS,
@@ -144,7 +158,7 @@ def _reference(directory: Path) -> dict:
             pad_token_id=0,
             min_new_tokens=GREEDY_TOKENS,
         )
-    return {"logits": logits, "greedy": out[0, len(PROMPT_IDS) :].tolist()}
+    return {"logits": logits, "logits_bf16_kv": logits_bf16_kv, "greedy": out[0, len(PROMPT_IDS) :].tolist()}
 
 
 @pytest.fixture(scope="session")

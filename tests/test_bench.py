@@ -79,6 +79,9 @@ def test_attention_micro_benchmark(tmp_path):
             "--queries",
             "1",
             "9",
+            "--kv-dtype",
+            "float32",
+            "bfloat16",
             "-o",
             str(out),
         ],
@@ -88,10 +91,12 @@ def test_attention_micro_benchmark(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr  # the script also checks that both kernels agree
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 8
-    standard = {r["positions"]: r["working_memory_bytes"] for r in rows if r["kernel"] == "standard"}
-    streaming = {r["positions"]: r["working_memory_bytes"] for r in rows if r["kernel"] == "streaming"}
-    assert standard[300] > standard[16] and streaming[300] == streaming[16]  # flat in the number of positions
+    assert len(rows) == 16  # 2 lengths x 2 query counts x 2 kernels x 2 cache types
+    for dtype in ("float32", "bfloat16"):
+        ours = [r for r in rows if r["kv_dtype"] == dtype]
+        standard = {r["positions"]: r["working_memory_bytes"] for r in ours if r["kernel"] == "standard"}
+        streaming = {r["positions"]: r["working_memory_bytes"] for r in ours if r["kernel"] == "streaming"}
+        assert standard[300] > standard[16] and streaming[300] == streaming[16]  # flat in the number of positions
 
 
 def test_combine_benchmark():

@@ -20,8 +20,10 @@ from qwen3_mpi.kernels import (
 from qwen3_mpi.kernels.attention import (
     attention_streaming_blocks,
     heads_of_kv,
+    streaming,
     streaming_scratch_size,
 )
+from qwen3_mpi.kernels.bf16 import store_f32
 from qwen3_mpi.kernels.blas import SGEMM
 from qwen3_mpi.kernels.exp import exp32
 from qwen3_mpi.kernels.linear import SMALL_T
@@ -96,6 +98,63 @@ def test_attention_long_context():
     ref = reference_attention(q, k, v, kv_of_H, pos0)
     for kind in ("standard", "streaming"):
         np.testing.assert_allclose(run_attention(kind, q, k, v, kv_of_H, pos0, block=256), ref, atol=2e-5, rtol=1e-4)
+
+
+def round_to_bf16(a):
+    """bf16 bits of float32 a rounded to nearest even, by torch (the reference for the kernels' rounding)."""
+    import torch
+
+    return (
+        torch.from_numpy(np.ascontiguousarray(a, np.float32))
+        .to(torch.bfloat16)
+        .view(torch.int16)
+        .numpy()
+        .view(np.uint16)
+    )
+
+
+def test_kv_cache_rounding_is_torchs():
+    @njit
+    def store_all(dst, src):
+        for r in range(src.shape[0]):
+            store_f32(dst[r], src[r])
+
+    bits = rng.integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45, 1.0000001, 2.0**-133], np.float32)
+    x = np.concatenate([bits.view(np.float32), special]).reshape(-1, 1)
+    x = x[~np.isnan(x[:, 0])]
+    out = np.zeros(x.shape, np.uint16)
+    store_all(out, x)
+    assert np.array_equal(out, round_to_bf16(x))
+    nan = np.full((1, 1), np.nan, np.float32)
+    store_all(out[:1], nan)
+    assert np.isnan((out[:1].astype(np.uint32) << 16).view(np.float32)).all()
+
+
+@pytest.mark.parametrize("kind", ["standard", "streaming"])
+@pytest.mark.parametrize("T,pos0", [(1, 0), (1, 300), (3, 40), (20, 0), (33, 100)])  # row kernel and sgemm tiles
+def test_attention_on_a_bf16_cache_is_attention_on_its_values(kind, T, pos0):
+    """A bf16 cache gives exactly what the float32 cache holding the same (rounded) values gives."""
+    G, group, K, block, qblock = 2, 2, 32, 16, 8
+    H, S = G * group, pos0 + T
+    q = np.ascontiguousarray(rng.standard_normal((T, H * K), dtype=np.float32))
+    k16 = round_to_bf16(rng.standard_normal((G, S + 3, K), dtype=np.float32))
+    v16 = round_to_bf16(rng.standard_normal((G, S + 3, K), dtype=np.float32))
+    kv_of_H = np.arange(H, dtype=np.int64) // group
+    outs = []
+    for k, v in [(k16, v16), (bf16_to_f32(k16), bf16_to_f32(v16))]:
+        out = np.zeros((T, H * K), np.float32)
+        scale = np.float32(K**-0.5)
+        if kind == "standard":
+            attention_standard(out, q, kv_of_H, k, v, pos0, scale, np.zeros((numba.get_num_threads(), S), np.float32))
+        else:
+            size = streaming_scratch_size(block, qblock, K, group, k.dtype)
+            scratch = np.full((numba.get_num_threads(), size), np.nan, np.float32)  # no value read before written
+            streaming(out, q, heads_of_kv(kv_of_H, G), k, v, pos0, scale, scratch, block, qblock)
+        outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+    ref = reference_attention(q.reshape(T, H, K), bf16_to_f32(k16), bf16_to_f32(v16), kv_of_H, pos0)
+    np.testing.assert_allclose(outs[0].reshape(T, H, K), ref, atol=2e-5, rtol=1e-4)
 
 
 def to_bf16_bits(a):
@@ -175,7 +234,14 @@ def test_add_partials_and_qk_norm_rope_any_rows(T):
     cos, sin = np.cos(ang), np.sin(ang)
     kc, vc = np.zeros((G, S, K), np.float32), np.zeros((G, S, K), np.float32)
     pos0, ref = 3, qkv.copy()
+    qkv16, kc16, vc16 = qkv.copy(), np.zeros((G, S, K), np.uint16), np.zeros((G, S, K), np.uint16)
     qk_norm_rope_cache(qkv, H, G, nq, nk, cos, sin, pos0, np.float32(1e-6), kc, vc)
+    qk_norm_rope_cache(qkv16, H, G, nq, nk, cos, sin, pos0, np.float32(1e-6), kc16, vc16)  # a bf16 cache
+    assert (
+        np.array_equal(qkv16, qkv)
+        and np.array_equal(kc16, round_to_bf16(kc))
+        and np.array_equal(vc16, round_to_bf16(vc))
+    )
     for t in range(T):
         for j in range(H + G):
             v = ref[t, j * K : (j + 1) * K].astype(np.float64)

@@ -8,6 +8,10 @@ import pytest
 from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli
 
 TOLERANCE = 1e-3
+# A bf16 cache rounds each key and value; where ours and transformers' float32 value straddle a rounding
+# boundary, one rounds up and the other down (a bf16 ulp, 2^-8 relative): measured up to 1.2e-3 in the
+# logits, while leaving out the rounding altogether moves them by 4-7e-2
+BF16_KV_TOLERANCE = 5e-3
 RANKS = [1, 2, 3, 4]
 ids_arg = ",".join(map(str, PROMPT_IDS))
 
@@ -45,6 +49,29 @@ def test_logits_match_transformers(checkpoints, tmp_path, name, attention, ranks
     FIGURES.append(f"logits {name:18s} {attention:9s} N={ranks}: max |ours - transformers| = {diff:.2e}")
     assert diff <= TOLERANCE
     assert (ours.argmax(axis=1) == ref["logits"].argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+@pytest.mark.parametrize("attention", ["standard", "streaming"])
+@pytest.mark.parametrize("name", list(CHECKPOINTS))
+def test_bf16_kv_cache_matches_transformers_with_rounded_keys_and_values(checkpoints, tmp_path, name, attention, ranks):
+    """--kv-cache-dtype bfloat16 against transformers fp32 whose cache rounds every key and value to
+    bf16 as it stores them (its attention then reads the rounded values, as ours does)."""
+    directory, ref = checkpoints[name]
+    out = tmp_path / "logits.npy"
+    args = ["logits", "-m", str(directory), "--prompt-ids", ids_arg, "-o", str(out), "--attention", attention]
+    args += ["--prefill-chunk", "9", "--block-size", "4", "--kv-cache-dtype", "bfloat16"]
+    proc = run_cli(args, ranks=ranks)
+    assert proc.returncode == 0, proc.stderr
+    ours = np.load(out)
+    diff = float(np.abs(ours - ref["logits_bf16_kv"]).max())
+    to_fp32 = float(np.abs(ours - ref["logits"]).max())
+    FIGURES.append(
+        f"bf16 KV {name:18s} {attention:9s} N={ranks}: max |ours - transformers, rounded KV| = {diff:.2e} "
+        f"(against plain fp32: {to_fp32:.2e})"
+    )
+    assert diff <= BF16_KV_TOLERANCE and diff < to_fp32 / 5
+    assert (ours.argmax(axis=1) == ref["logits_bf16_kv"].argmax(axis=1)).all()
 
 
 @pytest.mark.parametrize("ranks", RANKS)

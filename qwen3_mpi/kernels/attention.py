@@ -10,12 +10,16 @@ streaming: online softmax over KV blocks of B positions for a block of up to QB 
            heads of one KV head (flash-attention style, each K/V block read once for the whole GQA
            group): scratch is threads x group x QB x (B + K + 2) floats, whatever S is. From 8 queries
            on, the tiles of a block are multiplied by sgemm.
+
+The cache holds float32 or bf16 bits (uint16); the kernels widen bf16 elements as they read them.
 """
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import get_thread_id, njit, prange, types
+from numba.extending import overload
 
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
+from .bf16 import to_f32
 from .exp import exp32
 from .llvm_ir import prefetch
 
@@ -42,7 +46,7 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
             k = k_cache_GSK[g, s]
             acc = np.float32(0.0)
             for i in range(K):
-                acc += q[i] * k[i]
+                acc += q[i] * to_f32(k[i])
             acc *= scale
             row[s] = acc
             m = max(m, acc)
@@ -57,15 +61,15 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
             w = row[s] / total
             v = v_cache_GSK[g, s]
             for i in range(K):
-                o[i] += w * v[i]
+                o[i] += w * to_f32(v[i])
 
 
 @njit(cache=True, inline="always")
 def _prefetch_row(cache_GSK, g, s):
-    """Prefetch cache[g, s] (one position's K or V, head_dim floats) into L1, a line at a time."""
+    """Prefetch cache[g, s] (one position's K or V, head_dim elements) into L1, a line at a time."""
     K = cache_GSK.shape[2]
     at = (g * cache_GSK.shape[1] + s) * K
-    for i in range(0, K, 16):
+    for i in range(0, K, 64 // cache_GSK.itemsize):
         prefetch(cache_GSK, at + i, 3)
 
 
@@ -156,7 +160,7 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                         q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
                         a = np.float32(0.0)
                         for i in range(K):
-                            a += q[i] * k[i]
+                            a += q[i] * to_f32(k[i])
                         sc[hh * nq + tq, j] = a * scale
             for r in range(R):
                 visible = min(n, pos0 + t0 + r % nq + 1 - s0)
@@ -170,8 +174,32 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                         e = sc[hh * nq + tq, j]
                         a_r = acc[hh * nq + tq]
                         for i in range(K):
-                            a_r[i] += e * v[i]
+                            a_r[i] += e * to_f32(v[i])
         _write_rows(out_TO, acc, l, h0, t0, nq)
+
+
+def _kv_rows(cache_GSK, g, s0, n, ws, block, which):
+    raise NotImplementedError  # numba only
+
+
+@overload(_kv_rows, inline="always")
+def _kv_rows_impl(cache_GSK, g, s0, n, ws, block, which):
+    """Address of rows s0 .. s0 + n of cache[g] as float32 (for sgemm): the cache itself when float32;
+    a bf16 cache's rows widened into tile `which` (0 for K, 1 for V) of block rows at the end of this
+    thread's scratch ws."""
+    if cache_GSK.dtype == types.float32:
+        return lambda cache_GSK, g, s0, n, ws, block, which: cache_GSK[g, s0:].ctypes.data
+
+    def widen(cache_GSK, g, s0, n, ws, block, which):
+        K = cache_GSK.shape[2]
+        start = ws.shape[0] - (2 - which) * block * K
+        tile = ws[start : start + n * K].reshape(n, K)
+        for r in range(n):
+            for i in range(K):
+                tile[r, i] = to_f32(cache_GSK[g, s0 + r, i])
+        return tile.ctypes.data
+
+    return widen
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -196,10 +224,12 @@ def attention_streaming_blocks(
         t0 = qb * qblock
         nq = min(T, t0 + qblock) - t0
         R = heads * nq  # rows: (head, query) pairs
-        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
+        ws = scratch[get_thread_id()]
+        sc, acc, m, l = _softmax_state(ws, R, block, K)
         end = pos0 + t0 + nq
         for s0 in range(0, end, block):
             n = min(end, s0 + block) - s0
+            k_rows = _kv_rows(k_cache_GSK, g, s0, n, ws, block, 0)
             # sc[hh nq + j, :n] = scale * q_(t0 + j, h0 + hh) . K[s0 + c]
             for hh in range(heads):
                 sgemm(
@@ -212,7 +242,7 @@ def attention_streaming_blocks(
                     scale,
                     qkv_TO[t0:, (h0 + hh) * K :].ctypes.data,
                     O,
-                    k_cache_GSK[g, s0:].ctypes.data,
+                    k_rows,
                     K,
                     np.float32(0.0),
                     sc[hh * nq :].ctypes.data,
@@ -236,7 +266,7 @@ def attention_streaming_blocks(
                 np.float32(1.0),
                 sc.ctypes.data,
                 block,
-                v_cache_GSK[g, s0:].ctypes.data,
+                _kv_rows(v_cache_GSK, g, s0, n, ws, block, 1),
                 K,
                 np.float32(1.0),
                 acc.ctypes.data,
@@ -258,10 +288,12 @@ def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale,
         attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock)
 
 
-def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int) -> int:
+def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int, kv_dtype=np.float32) -> int:
     """Floats of per-thread scratch for `streaming` (either kernel) with at most `group` query heads per KV
-    head: group x qblock rows of (block + head_dim + 2)."""
-    return group * qblock * (block + head_dim + 2)
+    head: group x qblock rows of (block + head_dim + 2), and for a bf16 cache two tiles of block x
+    head_dim into which the sgemm path widens a K and a V block."""
+    tiles = 2 * block * head_dim if np.dtype(kv_dtype).itemsize == 2 else 0
+    return group * qblock * (block + head_dim + 2) + tiles
 
 
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""bf16 -> float32 inside numba: the bf16 bits shifted into the top half of a float32 are its exact value."""
+"""bf16 <-> float32 inside numba: the bf16 bits shifted into the top half of a float32 are its exact value;
+the other way rounds to nearest even."""
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -34,6 +35,37 @@ def _to_f32(w):
     if isinstance(w, types.Float):
         return lambda w: np.float32(w)
     return None
+
+
+@njit(inline="always")
+def to_bf16(x):
+    """The bf16 bits (uint16) of float32 x rounded to nearest, ties to even (as torch's
+    .to(torch.bfloat16)); a NaN stays a (quiet) NaN, a float beyond bf16's range becomes infinity."""
+    u = np.float32(x).view(np.uint32)
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return np.uint16((u >> 16) | 0x40)
+    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+def store_f32(dst, src):
+    """dst[:] = src (float32), rounded to bf16 where dst holds bf16 bits (uint16)."""
+    raise NotImplementedError  # replaced inside numba by the overload below
+
+
+@overload(store_f32, inline="always")
+def _store_f32(dst, src):
+    if dst.dtype == types.uint16:
+
+        def store_rounded(dst, src):
+            for i in range(src.shape[0]):
+                dst[i] = to_bf16(src[i])
+
+        return store_rounded
+
+    def store(dst, src):
+        dst[:] = src
+
+    return store
 
 
 @intrinsic
