@@ -52,7 +52,7 @@ def store_f32(dst, src):
     raise NotImplementedError  # replaced inside numba by the overload below
 
 
-@overload(store_f32, inline="always")
+@overload(store_f32)
 def _store_f32(dst, src):
     if dst.dtype == types.uint16:
 
