@@ -8,7 +8,10 @@ then runs every engine (its own process, a warm-up and --iters measured iteratio
 compares figures taken minutes apart at most (this VM's speed moves by 10-40% over minutes). Prints a
 table: tokens/s (median over rounds), ratios to transformers and decode as a percentage of the bandwidth
 roofline (weight bytes read per token / the round's best read bandwidth), each a median over rounds
-with its range, and prefill as a percentage of the measured float32 GEMM rate.
+with its range, and prefill as a percentage of the measured float32 GEMM rate. Then, since the rounds'
+reads can fall in another stretch of the machine than the engines' runs: qwen3_mpi's decode at 1 rank
+in one process, in bursts of 16 steps each between two reads of the machine, as a percentage of the
+better of the two (12 bursts per round).
 """
 
 import argparse
@@ -29,42 +32,91 @@ def read_bandwidth(threads: int, gib: float = 2.0) -> dict:
     the faster of the two numba reads: one stream per task (a plain sum of 16 KiB), or the decode
     kernel's access pattern without its arithmetic (four streams per task, each prefetching
     PREFETCH_AHEAD lines ahead), so that no read the engine does can beat the figure it is measured by."""
-    import numba
-    from numba import njit, prange
-
-    from qwen3_mpi.kernels.bf16 import PREFETCH_AHEAD
-
-    sum_streams = _sum_streams_intrinsic()
-
-    @njit(parallel=True, fastmath=True)
-    def read(a, out):
-        for c in prange(out.size):
-            chunk = a[c * 4096 : (c + 1) * 4096]
-            s = np.float32(0.0)
-            for i in range(chunk.size):
-                s += chunk[i]
-            out[c] = s
-
-    @njit(parallel=True, fastmath=True)
-    def read_streams(a, out, ahead):
-        for c in prange(out.size):  # four streams of 4096 floats side by side
-            out[c] = sum_streams(a, c * 16384, 256, ahead)
-
-    a = np.ones(int(gib * 2**28), np.float32)
-    out = np.zeros(a.size // 4096, np.float32)
-    out4 = np.zeros(a.size // 16384, np.float32)
-    numba.set_num_threads(threads)
-    read(a, out)
-    read_streams(a, out4, PREFETCH_AHEAD)
-    assert out.sum() == a.size and out4.sum() == a.size  # every element read once
-    plain = a.nbytes / min(_timed(lambda: read(a, out)) for _ in range(5)) / 1e9
-    streams = a.nbytes / min(_timed(lambda: read_streams(a, out4, PREFETCH_AHEAD)) for _ in range(5)) / 1e9
+    reader = Reader(threads, gib)
+    plain = max(reader.plain() for _ in range(5))
+    streams = max(reader.streams() for _ in range(5))
     return {
-        "numpy_1_thread_gb_s": a.nbytes / min(_timed(lambda: a.sum()) for _ in range(3)) / 1e9,
+        "numpy_1_thread_gb_s": reader.a.nbytes / min(_timed(lambda: reader.a.sum()) for _ in range(3)) / 1e9,
         "numba_plain_gb_s": plain,
         "numba_streams_prefetch_gb_s": streams,
         "numba_gb_s": max(plain, streams),
     }
+
+
+class Reader:
+    """The two numba reads of read_bandwidth over one array of `gib` GiB; each call reads it once (GB/s)."""
+
+    def __init__(self, threads: int, gib: float):
+        import numba
+        from numba import njit, prange
+
+        from qwen3_mpi.kernels.bf16 import PREFETCH_AHEAD
+
+        sum_streams = _sum_streams_intrinsic()
+
+        @njit(parallel=True, fastmath=True)
+        def read(a, out):
+            for c in prange(out.size):
+                chunk = a[c * 4096 : (c + 1) * 4096]
+                s = np.float32(0.0)
+                for i in range(chunk.size):
+                    s += chunk[i]
+                out[c] = s
+
+        @njit(parallel=True, fastmath=True)
+        def read_streams(a, out, ahead):
+            for c in prange(out.size):  # four streams of 4096 floats side by side
+                out[c] = sum_streams(a, c * 16384, 256, ahead)
+
+        self.a = np.ones(int(gib * 2**28), np.float32)
+        out = np.zeros(self.a.size // 4096, np.float32)
+        out4 = np.zeros(self.a.size // 16384, np.float32)
+        numba.set_num_threads(threads)
+        read(self.a, out)
+        read_streams(self.a, out4, PREFETCH_AHEAD)
+        assert out.sum() == self.a.size and out4.sum() == self.a.size  # every element read once
+        self.plain = lambda: self.a.nbytes / _timed(lambda: read(self.a, out)) / 1e9
+        self.streams = lambda: self.a.nbytes / _timed(lambda: read_streams(self.a, out4, PREFETCH_AHEAD)) / 1e9
+
+    def best(self) -> float:
+        return max(self.plain(), self.streams())
+
+
+def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16) -> dict:
+    """qwen3_mpi's decode (1 rank, in this process, greedy) in bursts of `steps` steps, each between two
+    reads of the machine (Reader.best): per turn, the weight bytes a step reads times steps/s over the
+    better of the two reads. Paired so closely, the ratio holds when the machine's bandwidth drifts
+    between the rounds' own measurements."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from qwen3_mpi.bench import weight_bytes_per_token
+    from qwen3_mpi.comm import Comm
+    from qwen3_mpi.config import Qwen3Config, ShardLayout
+    from qwen3_mpi.model import Model, load_shard
+    from qwen3_mpi.weights import Checkpoint
+
+    threadpool_limits(1)  # as qwen3-mpi does
+    reader = Reader(threads, 2.0)
+    config = Qwen3Config.from_hf(Path(model_dir))
+    layout = ShardLayout.for_rank(config, 0, 1)
+    weights = load_shard(Checkpoint(Path(model_dir)), config, layout)
+    context = prompt_len + turns * steps + 1
+    model = Model(config, layout, weights, Comm(), attention=attention, max_context=context, max_tokens=prompt_len)
+    model.warmup()
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_len)
+    token, pos = int(np.argmax(model.forward(prompt, 0))), prompt_len
+    step_bytes, ratios, reads = weight_bytes_per_token(model), [], []
+    for _ in range(turns):
+        before = reader.best()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            token = int(np.argmax(model.forward(np.array([token]), pos)))
+            pos += 1
+        seconds = time.perf_counter() - t0
+        reads.append(max(before, reader.best()))
+        ratios.append(100 * step_bytes * steps / seconds / 1e9 / reads[-1])
+    return {"decode_pct_of_read_paired": ratios, "read_gb_s": reads, "threads": numba.get_num_threads()}
 
 
 def _sum_streams_intrinsic():
@@ -203,6 +255,8 @@ def worker(args) -> dict:
         )
         machine["threads"] = args.threads
         return machine
+    if args.worker == "paired":
+        return paired_decode(args.model, args.attention, args.prompt_len, args.threads)
     prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
     return transformers_run(args.model, args.worker, prompt, args.gen_len, args.iters, args.threads)
 
@@ -223,6 +277,8 @@ def in_subprocess(args, what: str, model_dir: str) -> dict:
         str(args.iters),
         "--threads",
         str(args.threads),
+        "--attention",
+        args.attention,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -278,6 +334,13 @@ def main():
                 flush=True,
             )
         figures["machine"].append(measure(f"round {k + 1}, after the engines"))
+        figures["paired"] = in_subprocess(args, "paired", model_dir)
+        paired = figures["paired"]["decode_pct_of_read_paired"]
+        print(
+            f"round {k + 1}: qwen3_mpi N=1 decode, {len(paired)} bursts each between two reads: "
+            f"{statistics.median(paired):.0f}% ({min(paired):.0f}-{max(paired):.0f}%) of the read",
+            flush=True,
+        )
         rounds.append(figures)
 
     flops = linear_flops_per_token(config)
@@ -330,6 +393,17 @@ def main():
             f"{spread(r['prefill_vs_tf_fp32'], ratio)} | {spread(r['decode_vs_tf_bf16'], ratio)} | {roofline} | "
             f"{spread(r['prefill_pct_of_gemm'], pct)} |"
         )
+    paired = [
+        (v, b) for f in rounds for v, b in zip(f["paired"]["decode_pct_of_read_paired"], f["paired"]["read_gb_s"])
+    ]
+    print(
+        f"\nqwen3_mpi N=1 decode paired with reads ({len(paired)} bursts of 16 steps, each between two reads of "
+        f"the machine): {spread([v for v, _ in paired], pct)} of the read"
+    )
+    for label, keep in (("below 60 GB/s", lambda b: b < 60), ("60 GB/s and above", lambda b: b >= 60)):
+        part = [v for v, b in paired if keep(b)]
+        if part:
+            print(f"  bursts whose read was {label}: {len(part)}, {spread(part, pct)} of the read")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(
