@@ -18,8 +18,8 @@ import numpy as np
 from numba import get_thread_id, njit, prange, types
 from numba.extending import overload
 
-from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .bf16 import to_f32
+from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
 from .llvm_ir import prefetch
 

@@ -8,7 +8,6 @@ from numba import njit, prange
 from .bf16 import store_f32, to_f32
 from .exp import exp32
 
-
 SERIAL_T = 4  # kernels over rows run rows serially up to this many (a decode step): no thread launch
 
 
