@@ -5,7 +5,7 @@ Weights arrive as uint16 (bf16 bits) or float32; `to_f32` reads either as float3
 
 from .attention import ATTENTION_KERNELS, attention_standard, attention_streaming
 from .linear import Linear
-from .ops import add_partials, embed_rows, qk_norm_rope_cache, rmsnorm, silu_mul
+from .ops import add_partials, embed_rows, qk_norm_rope_cache, silu_mul
 
 __all__ = [
     "ATTENTION_KERNELS",
@@ -15,6 +15,5 @@ __all__ = [
     "attention_streaming",
     "embed_rows",
     "qk_norm_rope_cache",
-    "rmsnorm",
     "silu_mul",
 ]

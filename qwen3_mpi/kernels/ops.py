@@ -24,13 +24,6 @@ def _rmsnorm_row(out_D, x_D, w_D, eps):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def rmsnorm(out_TD, x_TD, w_D, eps):
-    """out = x / sqrt(mean(x^2) + eps) * w, per row (sum of squares in float64)."""
-    for t in prange(x_TD.shape[0]):
-        _rmsnorm_row(out_TD[t], x_TD[t], w_D, eps)
-
-
-@njit(parallel=True, fastmath=True, cache=True)
 def silu_mul(out_TF, gu_T2F):
     """out = silu(gate) * up, with gate = gu[:, :F] and up = gu[:, F:]."""
     F = out_TF.shape[1]
