@@ -191,6 +191,9 @@ class Model:
             b - a for a, b in (ShardLayout.for_rank(config, r, layout.size).vocab for r in range(layout.size))
         ]
         self.last_T = 0
+        # the norm after each combine: the input norm of layer i after combine i (the embeddings' is 0),
+        # the final norm after the last layer's
+        self.norms_after = [layer.input_layernorm_D for layer in weights.layers] + [weights.norm_D]
         self.kv_of_H = np.array(layout.kv_head_of(config), dtype=np.int64)
         self.heads_of_G = heads_of_kv(self.kv_of_H, layout.n_kv_heads)
         if kv_dtype not in KV_DTYPES:
@@ -243,7 +246,7 @@ class Model:
         # also computes the norm of the block that follows it into h
         w.embed.rows(part, ids_T, self.layout.vocab[0])
         x[:] = 0.0
-        comm.combine(x, part, h, w.layers[0].input_layernorm_D if w.layers else w.norm_D, eps)
+        comm.combine(x, part, h, self.norms_after[0], eps)
         for i, layer in enumerate(w.layers):
             k_cache, v_cache = self.cache.layer(i)
             # attention block: q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
@@ -260,8 +263,7 @@ class Model:
             silu_mul(act, gu)
             layer.down_proj(part, act, self.scratch)
             # partial sums -> full hidden, added to the residual; the next layer's norm (or the final one)
-            last = i + 1 == len(w.layers)
-            comm.combine(x, part, h, w.norm_D if last else w.layers[i + 1].input_layernorm_D, eps)
+            comm.combine(x, part, h, self.norms_after[i + 1], eps)
 
         # h = final norm; LM head rows of this rank's vocabulary, logits -> rank 0
         counts = self.vocab_counts
