@@ -259,10 +259,19 @@ def test_embed_rows_only_own_vocabulary():
 @pytest.mark.skipif(SGEMM is None, reason="numpy's BLAS is not OpenBLAS: the sgemm variant is not used")
 @pytest.mark.parametrize("group", [1, 2, 4])
 # KV blocks that start or end inside a query block, a partial last query block, a prompt after cached
-# positions, a whole 128-query block against one KV block
+# positions, a whole 128-query block against one KV block, a causal diagonal starting inside a KV block
+# with a partial last sub-block of CAUSAL_SUB queries
 @pytest.mark.parametrize(
     "T,pos0,block,qblock",
-    [(13, 0, 4, 5), (64, 0, 256, 64), (40, 77, 16, 16), (5, 300, 256, 64), (100, 30, 48, 80), (128, 0, 256, 128)],
+    [
+        (13, 0, 4, 5),
+        (64, 0, 256, 64),
+        (40, 77, 16, 16),
+        (5, 300, 256, 64),
+        (100, 30, 48, 80),
+        (128, 0, 256, 128),
+        (70, 200, 256, 128),
+    ],
 )
 def test_streaming_blocks_matches_numpy(group, T, pos0, block, qblock):
     G, K = 2, 32
