@@ -1,4 +1,4 @@
-"""Time the two ways of combining per-rank partial sums (run under mpirun -n N).
+"""Time the ways of combining per-rank partial sums (run under mpirun -n N): shared, allgather, allreduce.
 
     mpirun -n 2 python bench/combine.py [--hidden 1024] [--tokens 1 128] [--iters 2000] [--threads N]
 Prints one JSON line per (method, tokens) from rank 0: microseconds per combine, median of 5 rounds.
@@ -12,6 +12,7 @@ import numpy as np
 
 from qwen3_mpi.cli import _set_threads
 from qwen3_mpi.comm import Comm
+from qwen3_mpi.config import COMBINE_KINDS
 
 
 def main():
@@ -25,7 +26,7 @@ def main():
     _set_threads(comm, args.threads)  # by default as qwen3-mpi does: the node's cores shared among its ranks
     for T in args.tokens:
         iters = max(20, args.iters // T)
-        for method in ("allgather", "allreduce"):
+        for method in COMBINE_KINDS:
             comm.combine_method = method
             x = np.zeros((T, args.hidden), np.float32)
             part = np.random.default_rng(comm.rank).standard_normal((T, args.hidden), dtype=np.float32)

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--combine",
             choices=COMBINE_KINDS,
-            default="allgather",
-            help="how partial sums are combined across ranks (default: allgather, summed in rank order)",
+            default="shared",
+            help="how partial sums are combined across ranks (default: shared, in memory shared by a node's "
+            "ranks, between nodes by an allgather; summed in rank order)",
         )
         p.add_argument(
             "--threads", type=_positive, help="threads per rank (default: cores on the node / ranks on the node)"

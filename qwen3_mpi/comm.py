@@ -46,6 +46,10 @@ def _timed(payload):
 
 
 PROFILE_KEYS = ("wait_s", "collective_s", "bytes_sent", "calls")
+# rows of partial sums per exchange through the shared window: 2 x ranks x 64 x D floats in all per node
+# (e.g. 21 MB for 8 ranks of Qwen3-32B, D = 5120), whatever the prefill chunk, since containers often
+# give /dev/shm 64 MB
+SHARED_ROWS = 64
 
 
 class AgreedError(Exception):
@@ -61,8 +65,9 @@ class Comm:
         self.node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = self.node.Get_rank()
         self.local_size = self.node.Get_size()
-        self.combine_method = "allgather"
-        self._gathered = None
+        self.combine_method = "shared"
+        self._gathered = None  # allgather's receive buffer
+        self._win, self._node_counts, self._halves = None, None, {}  # shared: see _shared_slots
         self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
         self.profile = False  # --profile: per-phase waiting, collective time and bytes
         self.profile_stats: dict[str, dict] = {}
@@ -102,19 +107,81 @@ class Comm:
     def combine(self, x_TD: np.ndarray, part_TD: np.ndarray, out_TD: np.ndarray, w_D: np.ndarray, eps) -> None:
         """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
         every rank; then out = rmsnorm(x) * w, the norm that follows every combine in the forward pass.
-        'allgather' sums the gathered partials in rank order here; 'allreduce' lets MPI sum."""
+        'shared': the partials meet in memory shared by the node's ranks, and one rank per node
+        exchanges its node's with the other nodes (an allgather among them); 'allgather': every rank
+        gathers every partial with MPI; both sum them in a fixed order here. 'allreduce' lets MPI sum."""
+        T, D = part_TD.shape
         if self.size == 1:
             parts_RTD = part_TD[None]
+        elif self.combine_method == "shared":
+            for t0 in range(0, T, SHARED_ROWS):  # the window holds SHARED_ROWS rows of every rank
+                rows = slice(t0, min(T, t0 + SHARED_ROWS))
+                parts_RTD = self._exchange_shared(part_TD[rows])
+                add_partials(x_TD[rows], parts_RTD, out_TD[rows], w_D, eps)
+            return
         elif self.combine_method == "allreduce":
             self.world.Allreduce(MPI.IN_PLACE, part_TD, op=MPI.SUM)
             parts_RTD = part_TD[None]
         else:
-            T, D = part_TD.shape
             if self._gathered is None or self._gathered.size < self.size * T * D:
                 self._gathered = np.empty(self.size * T * D, dtype=np.float32)
             parts_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
             self.world.Allgather(part_TD, parts_RTD)
         add_partials(x_TD, parts_RTD, out_TD, w_D, eps)
+
+    def _shared_slots(self, T: int, D: int) -> tuple[np.ndarray, np.ndarray]:
+        """The two halves of a window shared by the node's ranks, each as slots [ranks, T, D] (T up to
+        SHARED_ROWS): nodes in the order of their first rank, each node's ranks in rank order (rank order
+        itself when every node's ranks are consecutive, as mpirun places them by default). Exchanges
+        alternate between the halves, so one barrier per exchange suffices: a rank writes the half of
+        exchange k + 2 only after every rank of its node has reached exchange k + 1, and so has finished
+        reading exchange k. Allocated (collectively: every rank combines the same shapes) at the first
+        combine, again for a larger D."""
+        if self._node_counts is None:
+            leader = self.local_rank == 0
+            self._leaders = self.world.Split(0 if leader else MPI.UNDEFINED, self.rank)  # one rank per node
+            counts = self._leaders.allgather(self.local_size) if leader else None
+            node = self._leaders.Get_rank() if leader else None
+            self._node_counts, node = self.node.bcast((counts, node))
+            self._slot = sum(self._node_counts[:node]) + self.local_rank
+            self._half, self._parity, self._halves = 0, 0, {}
+        if self.size * SHARED_ROWS * D > self._half:
+            self._free_window()
+            half = self.size * SHARED_ROWS * D
+            self._win = MPI.Win.Allocate_shared(2 * half * 4 if self.local_rank == 0 else 0, 4, comm=self.node)
+            self._win.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch, for Sync
+            self._shared = np.frombuffer(self._win.Shared_query(0)[0], np.float32)
+            self._half, self._halves = half, {}
+        half, need = self._half, self.size * T * D
+        self._halves[T, D] = tuple(self._shared[h * half : h * half + need].reshape(self.size, T, D) for h in (0, 1))
+        return self._halves[T, D]
+
+    def _exchange_shared(self, part_TD: np.ndarray) -> np.ndarray:
+        """This rank's partials into its slot of the next half of the window -> every rank's partials
+        [ranks, T, D]. After the writes, the node's ranks see each other's slots (a barrier between
+        memory syncs, as MPI's shared-memory model asks); across nodes the leaders gather every node's
+        slots into their own window, which the node's other ranks may read after a second barrier."""
+        halves = self._halves.get(part_TD.shape) or self._shared_slots(*part_TD.shape)
+        self._parity ^= 1
+        parts_RTD = halves[self._parity]
+        parts_RTD[self._slot] = part_TD
+        self._win.Sync()
+        self.node.Barrier()
+        if len(self._node_counts) > 1:
+            if self.local_rank == 0:
+                sizes = [c * parts_RTD[0].size for c in self._node_counts]
+                starts = np.cumsum([0] + sizes[:-1]).tolist()
+                self._leaders.Allgatherv(MPI.IN_PLACE, [parts_RTD, sizes, starts, MPI.FLOAT])
+                self._win.Sync()
+            self.node.Barrier()
+        self._win.Sync()
+        return parts_RTD
+
+    def _free_window(self) -> None:
+        if self._win is not None:
+            self._win.Unlock_all()
+            self._win.Free()
+            self._win, self._shared = None, None
 
     @_timed(lambda self, local_TV, counts: 0 if self.is_root else local_TV.nbytes)
     def gather_columns(self, local_TV: np.ndarray, counts: list[int]) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-COMBINE_KINDS = ("allgather", "allreduce")
+COMBINE_KINDS = ("shared", "allgather", "allreduce")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, run_cli
+from qwen3_mpi.config import COMBINE_KINDS
 
 
 def test_bench_command_writes_json_lines(checkpoints, tmp_path):
@@ -108,4 +109,4 @@ def test_combine_benchmark():
     )
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {(r["method"], r["tokens"]) for r in rows} == {(m, t) for m in ("allgather", "allreduce") for t in (1, 128)}
+    assert {(r["method"], r["tokens"]) for r in rows} == {(m, t) for m in COMBINE_KINDS for t in (1, 128)}
