@@ -207,7 +207,7 @@ def main(argv=None) -> int:
         comm.abort(130)
     except SystemExit:
         raise
-    except BaseException as e:  # the message first, in one write: the launcher may stop forwarding soon
+    except BaseException as e:  # noqa: BLE001 - the message first, in one write: the launcher may stop forwarding soon
         sys.stderr.write(
             f"{PROG}: internal error on rank {comm.rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
         )

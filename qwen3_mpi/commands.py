@@ -72,7 +72,7 @@ def _same_checkpoint(comm: Comm, model_dir: Path) -> None:
     for rank, (host, files) in enumerate(everyone[1:], start=1):
         if files == files0:
             continue
-        theirs, ours = dict((n, (s, h)) for n, s, h in files), dict((n, (s, h)) for n, s, h in files0)
+        theirs, ours = {n: (s, h) for n, s, h in files}, {n: (s, h) for n, s, h in files0}
         for name in sorted(set(theirs) | set(ours)):
             a, b = ours.get(name), theirs.get(name)
             if a == b:
@@ -263,8 +263,10 @@ def _stats_line(gen, load_s: float | None) -> str:
     parts = [] if load_s is None else [f"load {load_s:.2f} s"]
     parts += [
         f"prefill {len(gen.prompt_ids)} tokens {gen.prefill_s * 1e3:.0f} ms ({prefill_tps:.1f} tokens/s)",
-        f"decode {gen.decode_steps} tokens {gen.decode_s * 1e3:.0f} ms ({decode_tps:.1f} tokens/s, "
-        f"{1e3 / decode_tps if decode_tps else 0.0:.1f} ms/token)",
+        (
+            f"decode {gen.decode_steps} tokens {gen.decode_s * 1e3:.0f} ms ({decode_tps:.1f} tokens/s, "
+            f"{1e3 / decode_tps if decode_tps else 0.0:.1f} ms/token)"
+        ),
         f"collectives {100 * gen.collective_s / total if total else 0.0:.0f}% of the time",
         f"finish: {gen.finish_reason}",
     ]

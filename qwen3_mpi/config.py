@@ -44,7 +44,7 @@ class Qwen3Config:
     eos_token_ids: tuple[int, ...] = ()
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "config.json") -> "Qwen3Config":
+    def from_dict(cls, raw: dict, source: str = "config.json") -> Qwen3Config:
         model_type = raw.get("model_type")
         if model_type != "qwen3":
             raise UserError(
@@ -103,7 +103,7 @@ class Qwen3Config:
         )
 
     @classmethod
-    def from_hf(cls, model_dir: str | Path) -> "Qwen3Config":
+    def from_hf(cls, model_dir: str | Path) -> Qwen3Config:
         path = Path(model_dir) / "config.json"
         return cls.from_dict(read_json(path), source=str(path))
 
@@ -157,7 +157,7 @@ class ShardLayout:
     vocab: tuple[int, int]  # vocabulary rows [start, stop)
 
     @classmethod
-    def for_rank(cls, config: Qwen3Config, rank: int, size: int) -> "ShardLayout":
+    def for_rank(cls, config: Qwen3Config, rank: int, size: int) -> ShardLayout:
         if size > config.num_attention_heads:
             raise UserError(
                 f"{size} ranks is more than num_attention_heads ({config.num_attention_heads}); "

@@ -137,8 +137,9 @@ def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
     with open(directory / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape in shapes.items():
-            for block in _random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02)):
-                f.write(block.tobytes())
+            f.writelines(
+                block.tobytes() for block in _random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02))
+            )
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
 

@@ -19,7 +19,7 @@ class Tokenizer:
             raise UserError(f"{path}: file not found (a text prompt needs the tokenizer; --prompt-ids does not)")
         try:
             self._tok = HFTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on a malformed file
             raise UserError(f"{path}: cannot be read as a tokenizer ({e})") from None
         config_path = model_dir / "tokenizer_config.json"
         self.config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}

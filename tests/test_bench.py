@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, run_cli
+
 from qwen3_mpi.config import COMBINE_KINDS
 
 

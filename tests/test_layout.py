@@ -1,5 +1,7 @@
 """The sharding plan: every rank count from 1 to num_attention_heads covers everything exactly once."""
 
+import itertools
+
 import pytest
 from conftest import CONFIGS_DIR
 
@@ -22,7 +24,7 @@ def test_every_rank_count_partitions_heads_ffn_and_vocab(model):
         ):
             ranges = [getattr(l, attr) for l in layouts]
             assert ranges[0][0] == 0 and ranges[-1][1] == total
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
             lengths = [b - a for a, b in ranges]
             assert max(lengths) - min(lengths) <= 1 and min(lengths) > 0  # balanced
         for l in layouts:

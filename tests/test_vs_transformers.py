@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli
+
 from qwen3_mpi.config import COMBINE_KINDS
 
 TOLERANCE = 1e-3

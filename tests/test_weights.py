@@ -2,7 +2,7 @@
 
 import json
 
-import ml_dtypes  # noqa: F401  (registers numpy's bfloat16 for safetensors.numpy)
+import ml_dtypes  # registers numpy's bfloat16 for safetensors.numpy
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
