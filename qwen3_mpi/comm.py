@@ -10,7 +10,12 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
+
+# Open MPI asks its UCX one-sided component about every window and, on a machine without UCX
+# devices (PyPI's Open MPI on a laptop or VM), prints an error before it falls back to shared
+# memory; the only window here is the combine's on-node shared memory, which that fallback serves
+os.environ.setdefault("OMPI_MCA_osc", "^ucx")
+from mpi4py import MPI  # after the setting above, which MPI reads as it starts
 
 from .errors import UserError
 from .kernels import add_partials
