@@ -186,10 +186,16 @@ def rank_processes(proc, ranks: int, timeout: float = 60) -> dict:
 
     import psutil
 
+    def is_rank(p) -> bool:
+        try:
+            return "qwen3_mpi" in " ".join(p.cmdline())
+        except psutil.Error:  # gone, or a zombie: a launcher's short-lived helper (seen under hydra)
+            return False
+
     deadline = time.time() + timeout
     found = []
     while len(found) < ranks and time.time() < deadline:
-        found = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qwen3_mpi" in " ".join(p.cmdline())]
+        found = [p for p in psutil.Process(proc.pid).children(recursive=True) if is_rank(p)]
         time.sleep(0.2)
     assert len(found) == ranks, f"found {len(found)} of {ranks} ranks"
     by_rank = {}
@@ -197,6 +203,42 @@ def rank_processes(proc, ranks: int, timeout: float = 60) -> dict:
         env = p.environ()
         by_rank[int(env.get("PMI_RANK", env.get("OMPI_COMM_WORLD_RANK", -1)))] = p
     return by_rank
+
+
+def kill_job(proc, marker: str) -> None:
+    """A test's cleanup: kill the launcher and every process still running under it or with marker (the
+    job's model path) in its command line, so that a test failing mid-job leaves nothing running for
+    the next one."""
+    import psutil
+
+    def cmdline(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    try:
+        procs = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        procs = []
+    procs += [p for p in psutil.process_iter() if p.pid != os.getpid() and marker in cmdline(p)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def reap():
+    """reap(proc, marker) -> proc: after the test, whatever it did, kill_job(proc, marker) ends that job
+    (after the test's own checks that it ended by itself)."""
+    jobs = []
+    yield lambda proc, marker: jobs.append((proc, marker)) or proc
+    for proc, marker in jobs:
+        kill_job(proc, marker)
 
 
 TOOLS = [  # a tool schema as transformers' apply_chat_template takes it

@@ -36,10 +36,11 @@ def finish(proc, since):
 
 
 @pytest.mark.parametrize(("ranks", "failing"), [(2, 1), (3, 2), (3, 0)])
-def test_an_exception_on_any_rank_ends_the_job(long_context_demo, ranks, failing):
+def test_an_exception_on_any_rank_ends_the_job(long_context_demo, ranks, failing, reap):
     import os
 
     proc = start(long_context_demo, ranks, env=dict(os.environ, QWEN3_MPI_FAULT=f"{failing}:5"))
+    reap(proc, str(long_context_demo))
     try:
         out, err = proc.communicate(timeout=STARTUP)
     except subprocess.TimeoutExpired:
@@ -52,8 +53,8 @@ def test_an_exception_on_any_rank_ends_the_job(long_context_demo, ranks, failing
 
 
 @pytest.mark.parametrize("victim", [0, 1])
-def test_a_killed_rank_ends_the_job_within_seconds(long_context_demo, victim):
-    proc = start(long_context_demo, 2)
+def test_a_killed_rank_ends_the_job_within_seconds(long_context_demo, victim, reap):
+    proc = reap(start(long_context_demo, 2), str(long_context_demo))
     ranks = rank_processes(proc, 2)
     time.sleep(3)  # well into the generation
     assert proc.poll() is None
@@ -64,8 +65,8 @@ def test_a_killed_rank_ends_the_job_within_seconds(long_context_demo, victim):
 
 
 @pytest.mark.parametrize("target", ["rank 0", "mpirun"])
-def test_ctrl_c_ends_every_rank(long_context_demo, target):
-    proc = start(long_context_demo, 3)
+def test_ctrl_c_ends_every_rank(long_context_demo, target, reap):
+    proc = reap(start(long_context_demo, 3), str(long_context_demo))
     ranks = rank_processes(proc, 3)
     time.sleep(3)
     t0 = time.time()

@@ -184,10 +184,11 @@ def test_netem_is_detected(clusters):
 
 
 @pytest.mark.parametrize("fault", ["exception", "kill", "ctrl-c"])
-def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
+def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault, reap):
     cluster = clusters(2)
     args = ["generate", "-m", str(demo), "--prompt-ids", "1,2,3", "-n", "30000", "--ignore-eos", "--json", *THREADS]
-    proc = cluster.popen(4, args, env={"QWEN3_MPI_FAULT": "3:5"} if fault == "exception" else None)
+    env = {"QWEN3_MPI_FAULT": "3:5"} if fault == "exception" else None
+    proc = reap(cluster.popen(4, args, env=env), str(demo))
     if fault == "ctrl-c":
         time.sleep(8)  # started and generating
         assert proc.poll() is None
@@ -200,7 +201,6 @@ def test_a_failing_rank_ends_the_job_across_nodes(clusters, demo, fault):
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
         pytest.fail("the job did not end within 60 s")
     assert proc.returncode != 0 and time.time() - t0 < 60
     left = [p for p in psutil.process_iter(["cmdline"]) if str(demo) in " ".join(p.info["cmdline"] or [])]
