@@ -231,14 +231,12 @@ def test_open_mpi_on_one_and_across_nodes(clusters, demo, openmpi_python):
     version = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, env={**os.environ, **env})
     assert "Open MPI" in version.stdout + version.stderr
     cmd = ["bash", str(SCRIPT), "mpirun", "-n", "2", str(openmpi_python / "python"), "-m", "qwen3_mpi"]
-    proc = subprocess.run(
-        [*cmd, *greedy_args(demo), "--profile"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd="/",
-        env={**cluster.env, **env},
-    )
+
+    def run(args, timeout, base_env, **extra):  # from "/": the ranks import the environment's qwen3_mpi
+        full_env = {**base_env, **env, **extra}  # Open MPI's PATH first
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd="/", env=full_env)
+
+    proc = run([*cmd, *greedy_args(demo), "--profile"], 600, cluster.env)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     single = subprocess.run(
@@ -249,25 +247,11 @@ def test_open_mpi_on_one_and_across_nodes(clusters, demo, openmpi_python):
     # three ranks on this host: the combine's shared-memory window under Open MPI, without the error
     # its UCX one-sided component prints where there are no UCX devices (comm.py turns it off)
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    local = subprocess.run(
-        [str(openmpi_python / "mpirun"), *root, "--oversubscribe", "-n", "3", str(openmpi_python / "python")]
-        + ["-m", "qwen3_mpi", *greedy_args(demo)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd="/",
-        env={**os.environ, **env},
-    )
+    mpirun = [str(openmpi_python / "mpirun"), *root, "--oversubscribe", "-n", "3"]
+    local = run([*mpirun, str(openmpi_python / "python"), "-m", "qwen3_mpi", *greedy_args(demo)], 600, os.environ)
     assert local.returncode == 0, local.stderr
     assert json.loads(local.stdout)["output_ids"] == json.loads(single.stdout)["output_ids"]
     assert "rror" not in local.stderr, local.stderr
     # an exception on one rank: Open MPI too ends the job (through MPI_Abort)
-    failing = subprocess.run(
-        [*cmd, *greedy_args(demo, n=30000)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd="/",
-        env={**cluster.env, **env, "QWEN3_MPI_FAULT": "1:3"},
-    )
+    failing = run([*cmd, *greedy_args(demo, n=30000)], 300, cluster.env, QWEN3_MPI_FAULT="1:3")
     assert failing.returncode != 0 and "internal error on rank 1: RuntimeError" in failing.stderr
