@@ -1,8 +1,10 @@
-"""Side by side on this machine: transformers (bf16 and fp32) and qwen3_mpi on the same checkpoint, the
-same prompt length and number of new tokens, against the machine's measured limits.
+"""Side by side on this machine: transformers (bf16 and fp32), llama.cpp (bf16, when given) and qwen3_mpi
+on the same checkpoint, the same prompt length and number of new tokens, against the machine's measured
+limits.
 
     python bench/compare.py [-m DIR] [--prompt-len 128] [--gen-len 64] [--rounds 5] [--iters 2]
                             [--ranks 1 2] [--attention streaming] [-o results.json]
+                            [--llama-bench BIN --gguf FILE]    (bench/llama_cpp.sh prints both)
 Needs the test extra (torch, transformers). The engines take turns: each round measures the machine,
 then runs every engine (its own process, a warm-up and --iters measured iterations), so that a ratio
 compares figures taken minutes apart at most (this VM's speed moves by 10-40% over minutes). Prints a
@@ -11,7 +13,8 @@ roofline (weight bytes read per token / the round's best read bandwidth), each a
 with its range, and prefill as a percentage of the measured float32 GEMM rate. Then, since the rounds'
 reads can fall in another stretch of the machine than the engines' runs: qwen3_mpi's decode at 1 rank
 in one process, in bursts of 16 steps each between two reads of the machine, as a percentage of the
-better of the two (12 bursts per round).
+better of the two (12 bursts per round); with --llama-bench, each burst is followed by one of llama.cpp's
+decode (32 tokens, its own timing) and a third read.
 """
 
 import argparse
@@ -82,11 +85,13 @@ class Reader:
         return max(self.plain(), self.streams())
 
 
-def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16) -> dict:
+def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16, llama=None) -> dict:
     """qwen3_mpi's decode (1 rank, in this process, greedy) in bursts of `steps` steps, each between two
     reads of the machine (Reader.best): per turn, the weight bytes a step reads times steps/s over the
     better of the two reads. Paired so closely, the ratio holds when the machine's bandwidth drifts
-    between the rounds' own measurements."""
+    between the rounds' own measurements. With llama = (llama-bench, gguf), each turn then runs a burst of
+    llama.cpp's decode (2 x `steps` tokens after its warm-up, in its own process; its own timing) before
+    a third read, so both engines are measured against reads taken seconds apart."""
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -106,7 +111,7 @@ def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16)
     model.warmup()
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_len)
     token, pos = int(np.argmax(model.forward(prompt, 0))), prompt_len
-    step_bytes, ratios, reads = weight_bytes_per_token(model), [], []
+    step_bytes, ratios, reads, llama_ratios, llama_reads = weight_bytes_per_token(model), [], [], [], []
     for _ in range(turns):
         before = reader.best()
         t0 = time.perf_counter()
@@ -114,9 +119,17 @@ def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16)
             token = int(np.argmax(model.forward(np.array([token]), pos)))
             pos += 1
         seconds = time.perf_counter() - t0
-        reads.append(max(before, reader.best()))
+        middle = reader.best()
+        reads.append(max(before, middle))
         ratios.append(100 * step_bytes * steps / seconds / 1e9 / reads[-1])
-    return {"decode_pct_of_read_paired": ratios, "read_gb_s": reads, "threads": numba.get_num_threads()}
+        if llama:
+            tokens_per_s = llama_cpp_run(*llama, 0, 2 * steps, 1, threads)["decode_tokens_per_s"]
+            llama_reads.append(max(middle, reader.best()))
+            llama_ratios.append(100 * step_bytes * tokens_per_s / 1e9 / llama_reads[-1])
+    result = {"decode_pct_of_read_paired": ratios, "read_gb_s": reads, "threads": numba.get_num_threads()}
+    if llama:
+        result |= {"llama_cpp_decode_pct_of_read_paired": llama_ratios, "llama_cpp_read_gb_s": llama_reads}
+    return result
 
 
 def _sum_streams_intrinsic():
@@ -238,6 +251,31 @@ def qwen3_mpi_run(model_dir, ranks, attention, prompt_len, gen_len, iters) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def llama_cpp_run(llama_bench, gguf, prompt_len, gen_len, iters, threads) -> dict:
+    """llama.cpp's own benchmark on the same checkpoint converted to bf16 GGUF (bench/llama_cpp.sh):
+    prefill of prompt_len tokens and gen_len decode steps, each run `iters` times after its warm-up run;
+    median tokens/s. It reads the same weight bytes per token as qwen3_mpi (every tensor bf16, the LM
+    head tied to the embedding); its activations are bf16 in the bf16 products."""
+    cmd = [llama_bench, "-m", gguf, "-p", str(prompt_len), "-n", str(gen_len), "-t", str(threads)]
+    proc = subprocess.run(cmd + ["-r", str(iters), "-o", "json"], capture_output=True, text=True, check=True)
+    tests = json.loads(proc.stdout)
+    decode = next(t for t in tests if t["n_gen"] == gen_len and t["n_prompt"] == 0)
+    result = {
+        "decode_tokens_per_s": statistics.median(decode["samples_ts"]),
+        "decode_tokens_per_s_all": decode["samples_ts"],
+        "build": f"{decode.get('build_commit', '?')} ({decode.get('build_number', '?')})",
+        "cpu": decode.get("cpu_info", ""),
+    }
+    if prompt_len:  # -p 0: decode only
+        prefill = next(t for t in tests if t["n_prompt"] == prompt_len and t["n_gen"] == 0)
+        result["prefill_tokens_per_s"] = statistics.median(prefill["samples_ts"])
+        result["prefill_tokens_per_s_all"] = prefill["samples_ts"]
+    return result
+
+
+PAIRED = (("qwen3_mpi N=1", ""), ("llama.cpp bf16", "llama_cpp_"))  # bursts paired with reads, keys' prefix
+
+
 def linear_flops_per_token(config: dict) -> float:
     """2 x the multiply-adds of every layer's projections (attention over a short prompt is small)."""
     D, I, K = config["hidden_size"], config["intermediate_size"], config["head_dim"]
@@ -256,7 +294,8 @@ def worker(args) -> dict:
         machine["threads"] = args.threads
         return machine
     if args.worker == "paired":
-        return paired_decode(args.model, args.attention, args.prompt_len, args.threads)
+        llama = (args.llama_bench, args.gguf) if args.llama_bench else None
+        return paired_decode(args.model, args.attention, args.prompt_len, args.threads, llama=llama)
     prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
     return transformers_run(args.model, args.worker, prompt, args.gen_len, args.iters, args.threads)
 
@@ -280,6 +319,8 @@ def in_subprocess(args, what: str, model_dir: str) -> dict:
         "--attention",
         args.attention,
     ]
+    if args.llama_bench:
+        cmd += ["--llama-bench", args.llama_bench, "--gguf", args.gguf]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -294,9 +335,13 @@ def main():
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--attention", default="streaming")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary (see bench/llama_cpp.sh)")
+    parser.add_argument("--gguf", help="the checkpoint as bf16 GGUF, for --llama-bench")
     parser.add_argument("-o", "--output", help="write all figures as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement in its own process
     args = parser.parse_args()
+    if bool(args.llama_bench) != bool(args.gguf):
+        parser.error("--llama-bench and --gguf go together")
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -318,12 +363,16 @@ def main():
         return m
 
     engines = ["transformers bfloat16", "transformers float32"] + [f"qwen3_mpi N={n}" for n in args.ranks]
+    if args.llama_bench:
+        engines.insert(2, "llama.cpp bf16")
     rounds = []  # per round: {"machine": [...], engine: figures}
     for k in range(args.rounds):
         figures = {"machine": [measure(f"round {k + 1}, before the engines")]}
         for name in engines:
             if name.startswith("transformers"):
                 r = in_subprocess(args, name.split()[1], model_dir)
+            elif name.startswith("llama.cpp"):
+                r = llama_cpp_run(args.llama_bench, args.gguf, args.prompt_len, args.gen_len, args.iters, args.threads)
             else:
                 n = int(name.split("=")[1])
                 r = qwen3_mpi_run(args.model, n, args.attention, args.prompt_len, args.gen_len, args.iters)
@@ -335,15 +384,18 @@ def main():
             )
         figures["machine"].append(measure(f"round {k + 1}, after the engines"))
         figures["paired"] = in_subprocess(args, "paired", model_dir)
-        paired = figures["paired"]["decode_pct_of_read_paired"]
-        print(
-            f"round {k + 1}: qwen3_mpi N=1 decode, {len(paired)} bursts each between two reads: "
-            f"{statistics.median(paired):.0f}% ({min(paired):.0f}-{max(paired):.0f}%) of the read",
-            flush=True,
-        )
+        for engine, key in PAIRED:
+            paired = figures["paired"].get(f"{key}decode_pct_of_read_paired")
+            if paired:
+                print(
+                    f"round {k + 1}: {engine} decode, {len(paired)} bursts each between two reads: "
+                    f"{statistics.median(paired):.0f}% ({min(paired):.0f}-{max(paired):.0f}%) of the read",
+                    flush=True,
+                )
         rounds.append(figures)
 
     flops = linear_flops_per_token(config)
+    bf16_bytes = rounds[0][f"qwen3_mpi N={args.ranks[0]}"]["weight_bytes_per_token"]
     summary = {}
     for name in engines:
         prefill = [f[name]["prefill_tokens_per_s"] for f in rounds]
@@ -361,12 +413,12 @@ def main():
                 100 * p * flops / 1e9 / max(m["sgemm_gflop_s"] for m in f["machine"]) for p, f in zip(prefill, rounds)
             ],
         }
-        if "weight_bytes_per_token" in rounds[0][name]:
-            row["weight_bytes_per_token"] = rounds[0][name]["weight_bytes_per_token"]
-            row["decode_pct_of_roofline"] = [
-                100 * d * row["weight_bytes_per_token"] / (max(m["numba_gb_s"] for m in f["machine"]) * 1e9)
-                for d, f in zip(decode, rounds)
-            ]
+        # every engine reads every weight once per token: as stored (bf16), or widened (transformers fp32)
+        row["weight_bytes_per_token"] = bf16_bytes * (2 if name == "transformers float32" else 1)
+        row["decode_pct_of_roofline"] = [
+            100 * d * row["weight_bytes_per_token"] / (max(m["numba_gb_s"] for m in f["machine"]) * 1e9)
+            for d, f in zip(decode, rounds)
+        ]
         summary[name] = row
 
     def spread(values, fmt):
@@ -387,23 +439,28 @@ def main():
     print("|---|---|---|---|---|---|---|")
     ratio, pct = (lambda v: f"{v:.2f}x"), (lambda v: f"{v:.0f}%")
     for name, r in summary.items():
-        roofline = spread(r["decode_pct_of_roofline"], pct) if "decode_pct_of_roofline" in r else ""
+        roofline = spread(r["decode_pct_of_roofline"], pct)
         print(
             f"| {name} | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.2f} | "
             f"{spread(r['prefill_vs_tf_fp32'], ratio)} | {spread(r['decode_vs_tf_bf16'], ratio)} | {roofline} | "
             f"{spread(r['prefill_pct_of_gemm'], pct)} |"
         )
-    paired = [
-        (v, b) for f in rounds for v, b in zip(f["paired"]["decode_pct_of_read_paired"], f["paired"]["read_gb_s"])
-    ]
-    print(
-        f"\nqwen3_mpi N=1 decode paired with reads ({len(paired)} bursts of 16 steps, each between two reads of "
-        f"the machine): {spread([v for v, _ in paired], pct)} of the read"
-    )
-    for label, keep in (("below 60 GB/s", lambda b: b < 60), ("60 GB/s and above", lambda b: b >= 60)):
-        part = [v for v, b in paired if keep(b)]
-        if part:
-            print(f"  bursts whose read was {label}: {len(part)}, {spread(part, pct)} of the read")
+    for engine, key in PAIRED:
+        if f"{key}decode_pct_of_read_paired" not in rounds[0]["paired"]:
+            continue
+        paired = [
+            (v, b)
+            for f in rounds
+            for v, b in zip(f["paired"][f"{key}decode_pct_of_read_paired"], f["paired"][f"{key}read_gb_s"])
+        ]
+        print(
+            f"\n{engine} decode paired with reads ({len(paired)} bursts, each between two reads of the machine): "
+            f"{spread([v for v, _ in paired], pct)} of the read"
+        )
+        for label, keep in (("below 60 GB/s", lambda b: b < 60), ("60 GB/s and above", lambda b: b >= 60)):
+            part = [v for v, b in paired if keep(b)]
+            if part:
+                print(f"  bursts whose read was {label}: {len(part)}, {spread(part, pct)} of the read")
     if args.output:
         with open(args.output, "w") as f:
             json.dump(
