@@ -3,7 +3,7 @@ on the same checkpoint, the same prompt length and number of new tokens, against
 limits.
 
     python bench/compare.py [-m DIR] [--prompt-len 128] [--gen-len 64] [--rounds 5] [--iters 2]
-                            [--ranks 1 2] [--attention streaming] [-o results.json]
+                            [--ranks 1 2] [--attention streaming] [--read-gib 2] [-o results.json]
                             [--llama-bench BIN --gguf FILE]    (bench/llama_cpp.sh prints both)
 Needs the test extra (torch, transformers). The engines take turns: each round measures the machine,
 then runs every engine (its own process, a warm-up and --iters measured iterations), so that a ratio
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 
-def read_bandwidth(threads: int, gib: float = 2.0) -> dict:
+def read_bandwidth(threads: int, gib: float) -> dict:
     """STREAM-like reads of a float32 array larger than the caches with `threads` numba threads, two
     ways, and numpy's one-thread sum; GB/s, best of 5 each. "numba_gb_s", the roofline's bandwidth, is
     the faster of the two numba reads: one stream per task (a plain sum of 16 KiB), or the decode
@@ -85,7 +85,7 @@ class Reader:
         return max(self.plain(), self.streams())
 
 
-def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16, llama=None) -> dict:
+def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, steps=16, llama=None) -> dict:
     """qwen3_mpi's decode (1 rank, in this process, greedy) in bursts of `steps` steps, each between two
     reads of the machine (Reader.best): per turn, the weight bytes a step reads times steps/s over the
     better of the two reads. Paired so closely, the ratio holds when the machine's bandwidth drifts
@@ -102,7 +102,7 @@ def paired_decode(model_dir, attention, prompt_len, threads, turns=12, steps=16,
     from qwen3_mpi.weights import Checkpoint
 
     threadpool_limits(1)  # as qwen3-mpi does
-    reader = Reader(threads, 2.0)
+    reader = Reader(threads, gib)
     config = Qwen3Config.from_hf(Path(model_dir))
     layout = ShardLayout.for_rank(config, 0, 1)
     weights = load_shard(Checkpoint(Path(model_dir)), config, layout)
@@ -287,7 +287,7 @@ def worker(args) -> dict:
     """Runs in a process of its own, so that numba's, OpenBLAS's and torch's thread pools never meet."""
     config = json.loads(Path(args.model, "config.json").read_text())
     if args.worker == "machine":
-        machine = read_bandwidth(args.threads)
+        machine = read_bandwidth(args.threads, args.read_gib)
         machine["sgemm_gflop_s"] = gemm_rate(
             args.threads, args.prompt_len, 2 * config["intermediate_size"], config["hidden_size"]
         )
@@ -295,7 +295,7 @@ def worker(args) -> dict:
         return machine
     if args.worker == "paired":
         llama = (args.llama_bench, args.gguf) if args.llama_bench else None
-        return paired_decode(args.model, args.attention, args.prompt_len, args.threads, llama=llama)
+        return paired_decode(args.model, args.attention, args.prompt_len, args.threads, args.read_gib, llama=llama)
     prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
     return transformers_run(args.model, args.worker, prompt, args.gen_len, args.iters, args.threads)
 
@@ -318,6 +318,8 @@ def in_subprocess(args, what: str, model_dir: str) -> dict:
         str(args.threads),
         "--attention",
         args.attention,
+        "--read-gib",
+        str(args.read_gib),
     ]
     if args.llama_bench:
         cmd += ["--llama-bench", args.llama_bench, "--gguf", args.gguf]
@@ -335,6 +337,7 @@ def main():
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--attention", default="streaming")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--read-gib", type=float, default=2.0, help="GiB read to measure bandwidth (beyond the caches)")
     parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary (see bench/llama_cpp.sh)")
     parser.add_argument("--gguf", help="the checkpoint as bf16 GGUF, for --llama-bench")
     parser.add_argument("-o", "--output", help="write all figures as JSON here")

@@ -111,3 +111,48 @@ def test_combine_benchmark():
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {(r["method"], r["tokens"]) for r in rows} == {(m, t) for m in COMBINE_KINDS for t in (1, 128)}
+
+
+FAKE_LLAMA_BENCH = '''#!{python}
+"""Stands in for llama.cpp's llama-bench: checks the arguments compare.py passes, prints its JSON."""
+import json, sys
+a = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+assert a["-m"] == {gguf!r} and a["-t"] == "2" and a["-o"] == "json", a
+p, n, r = int(a["-p"]), int(a["-n"]), int(a["-r"])
+info = {{"build_commit": "fake", "build_number": 1, "cpu_info": "test"}}
+tests = [dict(info, n_prompt=p, n_gen=0, samples_ts=[300.0 + i for i in range(r)])] if p else []
+tests.append(dict(info, n_prompt=0, n_gen=n, samples_ts=[20.0] * r))
+print(json.dumps(tests))
+'''
+
+
+def test_compare_side_by_side_with_llama_cpp(checkpoints, tmp_path):
+    """bench/compare.py end to end, one round, with a stand-in for llama-bench (llama.cpp is not built
+    here): every engine's row, llama.cpp's figures as its llama-bench reports them, its paired bursts."""
+    directory, _ = checkpoints["gqa4-sharded-bf16"]
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"")
+    fake = tmp_path / "llama-bench"
+    fake.write_text(FAKE_LLAMA_BENCH.format(python=sys.executable, gguf=str(gguf)))
+    fake.chmod(0o755)
+    out = tmp_path / "compare.json"
+    args = ["-m", str(directory), "--prompt-len", "12", "--gen-len", "5", "--rounds", "1", "--iters", "2"]
+    args += ["--threads", "2", "--read-gib", "0.125", "--llama-bench", str(fake), "--gguf", str(gguf), "-o", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), *args], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    engines = ["transformers bfloat16", "transformers float32", "llama.cpp bf16", "qwen3_mpi N=1", "qwen3_mpi N=2"]
+    assert list(rows) == ["engine", *engines]  # the header, then a row each
+    assert rows["llama.cpp bf16"].startswith("| llama.cpp bf16 | 300.5 | 20.00 |")  # median of 300, 301
+    assert "llama.cpp bf16 decode paired with reads (12 bursts" in proc.stdout
+    result = json.loads(out.read_text())
+    summary, paired = result["summary"], result["rounds"][0]["paired"]
+    for name in engines:
+        assert summary[name]["decode_tokens_per_s"] > 0 and len(summary[name]["decode_pct_of_roofline"]) == 1
+    assert (
+        summary["transformers float32"]["weight_bytes_per_token"]
+        == 2 * summary["llama.cpp bf16"]["weight_bytes_per_token"]
+    )
+    assert len(paired["decode_pct_of_read_paired"]) == len(paired["llama_cpp_decode_pct_of_read_paired"]) == 12
