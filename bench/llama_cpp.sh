@@ -4,7 +4,8 @@
 # transformers); fetches only from PyPI: llama.cpp's source as vendored by the llama-cpp-python sdist,
 # and sentencepiece for the converter (into the build directory, not the environment).
 #
-#   bench/llama_cpp.sh [MODEL_DIR]     (default: the random-weight demo checkpoint)
+#   bench/llama_cpp.sh [MODEL_DIR]     (default: the random-weight demo checkpoint; the converter
+#                                       needs its tokenizer files)
 #
 #   LLAMA_CPP_PYTHON  llama-cpp-python version whose llama.cpp is built  (default 0.3.36)
 #   DIR               build directory                                     (default ~/.cache/qwen3_mpi/llama.cpp)
@@ -26,16 +27,17 @@ if [ ! -x "$SRC/build/bin/llama-bench" ]; then
     tar xzf "$DIR/llama_cpp_python-$VERSION.tar.gz" -C "$DIR"
   fi
   # GGML_NATIVE: compiled for this CPU (AVX-512, AVX512-BF16 where present), as a user would build it
-  cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$DIR/cmake.log"
-  cmake --build "$SRC/build" --target llama-bench -j "$(nproc)" > "$DIR/build.log"
+  { cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF &&
+    cmake --build "$SRC/build" --target llama-bench -j "$(nproc)"; } > "$DIR/build.log" 2>&1 ||
+    { echo "llama_cpp.sh: building llama-bench failed; see $DIR/build.log" >&2; exit 1; }
 fi
 
 if [ ! -f "$GGUF" ]; then
-  pip install --quiet --target "$DIR/pydeps" sentencepiece
+  [ -d "$DIR/pydeps/sentencepiece" ] || pip install --quiet --target "$DIR/pydeps" sentencepiece
   # The converter identifies the pre-tokenizer by hashing a test string's tokens, a hash that
   # transformers 5 does not reproduce; Qwen3's pre-tokenizer is llama.cpp's "qwen2".
-  (cd "$SRC" && PYTHONPATH="$DIR/pydeps" python - "$MODEL" --outtype bf16 --outfile "$GGUF" <<'EOF'
+  (cd "$SRC" && PYTHONPATH="$DIR/pydeps" python - "$MODEL" --outtype bf16 --outfile "$GGUF.partial" <<'EOF'
 import runpy, sys
 sys.path[:0] = [".", "gguf-py"]
 import conversion.base as base
@@ -45,6 +47,7 @@ for cls in vars(base).values():
 sys.argv[0] = "convert_hf_to_gguf.py"
 runpy.run_path("convert_hf_to_gguf.py", run_name="__main__")
 EOF
-  ) > "$DIR/convert.log" 2>&1
+  ) > "$DIR/convert.log" 2>&1 || { echo "llama_cpp.sh: converting $MODEL failed; see $DIR/convert.log" >&2; exit 1; }
+  mv "$GGUF.partial" "$GGUF"  # only a whole file under the name that says it is done
 fi
 echo "--llama-bench $SRC/build/bin/llama-bench --gguf $GGUF"
