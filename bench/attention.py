@@ -7,8 +7,9 @@ For each case the new queries sit at the end of S cached positions (decode: 1 qu
 128). As in a forward pass, each call reads the KV cache of the next of several layers (together at
 least --cache-mb, so the cache comes from memory, not from the last level of CPU cache); the two kernels
 take turns (with each --kv-dtype: a bf16 cache holds the same values rounded). Prints one JSON line per
-case: median seconds per call over 5 turns, and the kernel's working memory (its per-thread scratch, the
-only memory that differs between the kernels).
+case: median seconds per call over 5 turns, and the kernel's working memory (its per-thread scratch and,
+for streaming decode beyond 1,024 positions, its spans' partial states: the only memory that differs
+between the kernels).
 """
 
 import argparse
@@ -20,7 +21,13 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from qwen3_mpi.kernels.attention import attention_standard, heads_of_kv, streaming, streaming_scratch_size
+from qwen3_mpi.kernels.attention import (
+    attention_standard,
+    heads_of_kv,
+    span_partials_floats,
+    streaming,
+    streaming_scratch_size,
+)
 from qwen3_mpi.kernels.bf16 import store_f32
 from qwen3_mpi.kv_cache import KV_DTYPES
 
@@ -100,7 +107,12 @@ def main():
                     "threads": args.threads,
                     "layers": len(caches[dtype]),
                     "seconds": statistics.median(times[kind, dtype]),
-                    "working_memory_bytes": scratch.nbytes,
+                    "working_memory_bytes": scratch.nbytes
+                    + (
+                        4 * span_partials_floats(T, pos0, heads_of_G, K, args.block, args.qblock)
+                        if kind == "streaming"
+                        else 0
+                    ),
                 }
                 line = json.dumps(row)
                 print(line, flush=True)

@@ -17,6 +17,7 @@ from qwen3_mpi.kernels import (
     silu_mul,
 )
 from qwen3_mpi.kernels.attention import (
+    SPLIT,
     attention_streaming_blocks,
     heads_of_kv,
     streaming,
@@ -44,7 +45,7 @@ def reference_attention(q_THK, k_GSK, v_GSK, kv_of_H, pos0):
     return out
 
 
-def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4):
+def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4, split=SPLIT):
     T, H, K = q_THK.shape
     qkv_TO = np.ascontiguousarray(q_THK.reshape(T, H * K))
     out_TO = np.zeros((T, H * K), np.float32)
@@ -57,7 +58,7 @@ def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4):
         heads_of_G = heads_of_kv(kv_of_H, k_GSK.shape[0])
         group = int(np.diff(heads_of_G).max())
         scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K, group)), np.float32)
-        attention_streaming(out_TO, qkv_TO, heads_of_G, k_GSK, v_GSK, pos0, scale, scratch, block, qblock)
+        attention_streaming(out_TO, qkv_TO, heads_of_G, k_GSK, v_GSK, pos0, scale, scratch, block, qblock, split)
     return out_TO.reshape(T, H, K)
 
 
@@ -86,6 +87,30 @@ def test_streaming_agrees_with_standard_for_any_block(block, qblock):
     a = run_attention("standard", q, k, v, kv_of_H, pos0)
     b = run_attention("streaming", q, k, v, kv_of_H, pos0, block=block, qblock=qblock)
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+@pytest.mark.parametrize(
+    "T,pos0,block,split",
+    [
+        (1, 1000, 16, 64),  # 16 spans of 64
+        (1, 37, 16, 16),  # 3 spans, the last partial
+        (7, 50, 16, 16),  # several queries, spans the first queries see only in part
+        (7, 0, 2, 2),  # queries that see nothing of the later spans
+        (1, 5000, 256, 64),  # more spans than MAX_SPLITS asks: 10 of 512
+        (5, 3, 4, 1000),  # one span: the kernel without the merge
+    ],
+)
+def test_streaming_spans_match_numpy(group, T, pos0, block, split):
+    """The row kernel's context cut into spans of `split` positions, merged: still attention."""
+    G, K = 2, 32
+    q = rng.standard_normal((T, G * group, K), dtype=np.float32)
+    k = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
+    v = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
+    kv_of_H = np.repeat(np.arange(G), group)
+    ref = reference_attention(q, k, v, kv_of_H, pos0)
+    got = run_attention("streaming", q, k, v, kv_of_H, pos0, block=block, qblock=8, split=split)
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
 
 
 def test_attention_long_context():

@@ -26,6 +26,8 @@ from .llvm_ir import prefetch
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
 CAUSAL_SUB = 32  # queries per sgemm of the tile kernel, so that tiles past the causal diagonal are skipped
 KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): 4-9% faster than 8 at 128-4096
+SPLIT = 1024  # cached positions per task of the row kernel (decode), in spans merged at the end
+MAX_SPLITS = 16  # spans per KV head at most, so that their partial states stay small
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -125,22 +127,41 @@ def _write_rows(out_TO, acc, l, h0, t0, nq):
             o[i] = a[i] * inv
 
 
+@njit(cache=True, inline="always")
+def _split_span(end, block, split, max_splits):
+    """(splits, span): positions [0, end) cut into `splits` spans of `span` positions (whole blocks), each
+    about `split` long and at most max_splits of them."""
+    splits = min(max_splits, max(1, (end + split - 1) // split))
+    span = ((end + splits - 1) // splits + block - 1) // block * block
+    return (end + span - 1) // span, span
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
+def attention_streaming(
+    out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, split=SPLIT
+):
     """Same result as attention_standard, by online softmax. A task is one KV head g with all its query
-    heads (heads_of_G[g] to heads_of_G[g + 1]) and a block of up to qblock queries: it walks the visible
-    KV positions `block` at a time, keeping per (head, query) row a running max m, denominator l and
-    unnormalized output. Each K and V row is read once per task, for every row that sees it, and
-    prefetched KV_AHEAD positions ahead (decode at 1,000-16,000 positions: 16-25% faster than walking
-    the block once per row, measured alternating in one process); the first V rows of a block are
-    prefetched before its K pass (4-11% faster at 128-4,096 positions)."""
+    heads (heads_of_G[g] to heads_of_G[g + 1]), a block of up to qblock queries and one span of about
+    `split` cached positions (whole blocks, at most MAX_SPLITS spans): it walks its visible KV positions
+    `block` at a time, keeping per (head, query) row a running max m, denominator l and unnormalized
+    output. Each K and V row is read once per task, for every row that sees it, and prefetched KV_AHEAD
+    positions ahead (decode at 1,000-16,000 positions: 16-25% faster than walking the block once per
+    row, measured alternating in one process); the first V rows of a block are prefetched before its K
+    pass (4-11% faster at 128-4,096 positions). With several spans (a context longer than `split`), the
+    spans' (m, l, output) are merged at the end, as flash-decoding does, so that a rank with fewer KV
+    heads than threads still keeps every thread reading; how a context is split depends on its length
+    only, never on the number of threads."""
     T = out_TO.shape[0]
     G = heads_of_G.shape[0] - 1
     K = k_cache_GSK.shape[2]
     n_qb = (T + qblock - 1) // qblock
-    for job in prange(n_qb * G):
-        qb = job // G
-        g = job % G
+    n_sp, span = _split_span(pos0 + T, block, split, MAX_SPLITS)
+    rows = int(np.max(heads_of_G[1:] - heads_of_G[:-1])) * min(T, qblock)
+    parts = np.empty((n_qb * G * n_sp if n_sp > 1 else 0, rows, K + 2), np.float32)  # per task: out, m, l
+    for job in prange(n_qb * G * n_sp):
+        sp = job % n_sp
+        g = job // n_sp % G
+        qb = job // n_sp // G
         h0 = heads_of_G[g]
         t0 = qb * qblock
         t1 = min(T, t0 + qblock)
@@ -148,8 +169,8 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
         heads = heads_of_G[g + 1] - h0
         R = heads * nq  # rows: (head, query) pairs, row hh nq + tq for head h0 + hh and query t0 + tq
         sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
-        end = pos0 + t1  # positions visible to the last query of the block
-        for s0 in range(0, end, block):
+        end = min(pos0 + t1, (sp + 1) * span)  # positions of this span visible to the block's last query
+        for s0 in range(sp * span, end, block):
             n = min(end, s0 + block) - s0
             # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
             for j in range(min(n, KV_AHEAD)):  # the V pass below starts on rows already on their way
@@ -177,7 +198,50 @@ def attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, po
                         a_r = acc[hh * nq + tq]
                         for i in range(K):
                             a_r[i] += e * to_f32(v[i])
-        _write_rows(out_TO, acc, l, h0, t0, nq)
+        if n_sp == 1:
+            _write_rows(out_TO, acc, l, h0, t0, nq)
+        else:  # a row that sees none of this span keeps m = -inf, l = 0
+            part = parts[job]
+            for r in range(R):
+                for i in range(K):
+                    part[r, i] = acc[r, i]
+                part[r, K] = m[r]
+                part[r, K + 1] = l[r]
+    if n_sp > 1:
+        _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp):
+    """out rows from the spans' partial states (parts[task] = output, m, l of the task's rows): the
+    output sum(out_s exp(m_s - M)) / sum(l_s exp(m_s - M)), M the largest m_s, in span order."""
+    T = out_TO.shape[0]
+    G = heads_of_G.shape[0] - 1
+    K = parts.shape[2] - 2
+    for pair in prange(((T + qblock - 1) // qblock) * G):
+        g = pair % G
+        t0 = pair // G * qblock
+        nq = min(T, t0 + qblock) - t0
+        h0 = heads_of_G[g]
+        for r in range((heads_of_G[g + 1] - h0) * nq):
+            top = -np.inf
+            for sp in range(n_sp):
+                top = max(top, parts[pair * n_sp + sp, r, K])
+            total = np.float32(0.0)
+            o = out_TO[t0 + r % nq, (h0 + r // nq) * K : (h0 + r // nq + 1) * K]
+            for i in range(K):
+                o[i] = 0.0
+            for sp in range(n_sp):
+                part = parts[pair * n_sp + sp, r]
+                if part[K] == -np.inf:  # the span holds no position this row sees (no fastmath on -inf)
+                    continue
+                w = exp32(part[K] - top)
+                total += part[K + 1] * w
+                for i in range(K):
+                    o[i] += part[i] * w
+            inv = np.float32(1.0) / total
+            for i in range(K):
+                o[i] *= inv
 
 
 def _kv_rows(cache_GSK, g, s0, n, ws, block, which):
@@ -319,6 +383,18 @@ def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int, k
     head_dim into which the sgemm path widens a K and a V block."""
     tiles = 2 * block * head_dim if np.dtype(kv_dtype).itemsize == 2 else 0
     return group * qblock * (block + head_dim + 2) + tiles
+
+
+def span_partials_floats(T: int, pos0: int, heads_of_G: np.ndarray, head_dim: int, block: int, qblock: int) -> int:
+    """Floats `streaming` allocates for the row kernel's per-span partial states (0 with one span, or for
+    the tile kernel): bounded by MAX_SPLITS, whatever the context length."""
+    if T >= BLOCKS_MIN_T and SGEMM is not None:
+        return 0
+    n_sp, _ = _split_span(pos0 + T, block, SPLIT, MAX_SPLITS)
+    if n_sp == 1:
+        return 0
+    G, group = len(heads_of_G) - 1, int(np.diff(heads_of_G).max())
+    return -(-T // qblock) * G * n_sp * group * min(T, qblock) * (head_dim + 2)
 
 
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:
