@@ -23,6 +23,7 @@ from .kernels.attention import (
     BLOCKS_MIN_T,
     attention_standard,
     heads_of_kv,
+    span_partials_floats,
     streaming,
     streaming_scratch_size,
 )
@@ -227,7 +228,9 @@ class Model:
         else:
             group = int(np.diff(self.heads_of_G).max())
             size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group, self.cache.k_LGSK.dtype)
+            parts = span_partials_floats(self.layout.n_kv_heads, group, self.config.head_dim)
         self.attn_scratch = aligned.zeros((threads, size), np.float32)
+        self.attn_parts = aligned.zeros(parts if attention == "streaming" else 0, np.float32)
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
@@ -297,6 +300,7 @@ class Model:
                 pos0,
                 self.scale,
                 self.attn_scratch,
+                self.attn_parts,
                 self.block,
                 self.qblock,
             )

@@ -20,6 +20,7 @@ from qwen3_mpi.kernels.attention import (
     SPLIT,
     attention_streaming_blocks,
     heads_of_kv,
+    span_partials_floats,
     streaming,
     streaming_scratch_size,
 )
@@ -58,7 +59,8 @@ def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4, 
         heads_of_G = heads_of_kv(kv_of_H, k_GSK.shape[0])
         group = int(np.diff(heads_of_G).max())
         scratch = np.zeros((threads, streaming_scratch_size(block, qblock, K, group)), np.float32)
-        attention_streaming(out_TO, qkv_TO, heads_of_G, k_GSK, v_GSK, pos0, scale, scratch, block, qblock, split)
+        parts = np.zeros(span_partials_floats(k_GSK.shape[0], group, K), np.float32)
+        attention_streaming(out_TO, qkv_TO, heads_of_G, k_GSK, v_GSK, pos0, scale, scratch, block, qblock, parts, split)
     return out_TO.reshape(T, H, K)
 
 
@@ -95,14 +97,15 @@ def test_streaming_agrees_with_standard_for_any_block(block, qblock):
     [
         (1, 1000, 16, 64),  # 16 spans of 64
         (1, 37, 16, 16),  # 3 spans, the last partial
-        (7, 50, 16, 16),  # several queries, spans the first queries see only in part
-        (7, 0, 2, 2),  # queries that see nothing of the later spans
+        (1, 50, 16, 16),  # 4 spans of 16, the last with 3 positions
+        (1, 3, 2, 2),  # 2 spans of 2
         (1, 5000, 256, 64),  # more spans than MAX_SPLITS asks: 10 of 512
+        (7, 2000, 16, 64),  # several queries: one span, however long
         (5, 3, 4, 1000),  # one span: the kernel without the merge
     ],
 )
 def test_streaming_spans_match_numpy(group, T, pos0, block, split):
-    """The row kernel's context cut into spans of `split` positions, merged: still attention."""
+    """A decode step's context cut into spans of `split` positions, merged: still attention."""
     G, K = 2, 32
     q = rng.standard_normal((T, G * group, K), dtype=np.float32)
     k = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
@@ -174,7 +177,8 @@ def test_attention_on_a_bf16_cache_is_attention_on_its_values(kind, T, pos0):
         else:
             size = streaming_scratch_size(block, qblock, K, group, k.dtype)
             scratch = np.full((numba.get_num_threads(), size), np.nan, np.float32)  # no value read before written
-            streaming(out, q, heads_of_kv(kv_of_H, G), k, v, pos0, scale, scratch, block, qblock)
+            parts = np.zeros(span_partials_floats(G, H // G, K), np.float32)
+            streaming(out, q, heads_of_kv(kv_of_H, G), k, v, pos0, scale, scratch, parts, block, qblock)
         outs.append(out)
     assert np.array_equal(outs[0], outs[1])
     ref = reference_attention(q.reshape(T, H, K), bf16_to_f32(k16), bf16_to_f32(v16), kv_of_H, pos0)

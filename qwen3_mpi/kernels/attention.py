@@ -138,7 +138,7 @@ def _split_span(end, block, split, max_splits):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def attention_streaming(
-    out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, split=SPLIT
+    out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, parts_X, split=SPLIT
 ):
     """Same result as attention_standard, by online softmax. A task is one KV head g with all its query
     heads (heads_of_G[g] to heads_of_G[g + 1]), a block of up to qblock queries and one span of about
@@ -147,17 +147,20 @@ def attention_streaming(
     output. Each K and V row is read once per task, for every row that sees it, and prefetched KV_AHEAD
     positions ahead (decode at 1,000-16,000 positions: 16-25% faster than walking the block once per
     row, measured alternating in one process); the first V rows of a block are prefetched before its K
-    pass (4-11% faster at 128-4,096 positions). With several spans (a context longer than `split`), the
-    spans' (m, l, output) are merged at the end, as flash-decoding does, so that a rank with fewer KV
-    heads than threads still keeps every thread reading; how a context is split depends on its length
-    only, never on the number of threads."""
+    pass (4-11% faster at 128-4,096 positions). A decode step (T = 1) with several spans (a context
+    longer than `split`) keeps each span's (output, m, l) in parts_X (span_partials_floats of them) and
+    merges them at the end, as flash-decoding does, so that a rank with fewer KV heads than threads
+    still keeps every thread reading; how a context is split depends on its length only, never on the
+    number of threads."""
     T = out_TO.shape[0]
     G = heads_of_G.shape[0] - 1
     K = k_cache_GSK.shape[2]
     n_qb = (T + qblock - 1) // qblock
-    n_sp, span = _split_span(pos0 + T, block, split, MAX_SPLITS)
-    rows = int(np.max(heads_of_G[1:] - heads_of_G[:-1])) * min(T, qblock)
-    parts = np.empty((n_qb * G * n_sp if n_sp > 1 else 0, rows, K + 2), np.float32)  # per task: out, m, l
+    n_sp, span = _split_span(pos0 + T, block, split, MAX_SPLITS) if T == 1 else (1, pos0 + T)
+    group = int(np.max(heads_of_G[1:] - heads_of_G[:-1]))
+    if n_sp > 1 and parts_X.shape[0] < n_sp * G * group * (K + 2):
+        raise ValueError("attention_streaming: parts_X holds fewer than span_partials_floats floats")
+    parts = parts_X[: n_sp * G * group * (K + 2) if n_sp > 1 else 0].reshape((-1, group, K + 2))  # per task
     for job in prange(n_qb * G * n_sp):
         sp = job % n_sp
         g = job // n_sp % G
@@ -200,7 +203,7 @@ def attention_streaming(
                             a_r[i] += e * to_f32(v[i])
         if n_sp == 1:
             _write_rows(out_TO, acc, l, h0, t0, nq)
-        else:  # a row that sees none of this span keeps m = -inf, l = 0
+        else:
             part = parts[job]
             for r in range(R):
                 for i in range(K):
@@ -232,9 +235,7 @@ def _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp):
             for i in range(K):
                 o[i] = 0.0
             for sp in range(n_sp):
-                part = parts[pair * n_sp + sp, r]
-                if part[K] == -np.inf:  # the span holds no position this row sees (no fastmath on -inf)
-                    continue
+                part = parts[pair * n_sp + sp, r]  # every span holds positions the query sees
                 w = exp32(part[K] - top)
                 total += part[K + 1] * w
                 for i in range(K):
@@ -367,14 +368,17 @@ def attention_streaming_blocks(
 ATTENTION_KERNELS = ("standard", "streaming")
 
 
-def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock):
-    """Streaming attention: tiles multiplied by sgemm for many queries, the row kernel for few."""
+def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, parts, block, qblock):
+    """Streaming attention: tiles multiplied by sgemm for many queries, the row kernel for few.
+    scratch: per thread, streaming_scratch_size floats; parts: span_partials_floats floats."""
     if out_TO.shape[0] >= BLOCKS_MIN_T and SGEMM is not None:
         attention_streaming_blocks(
             out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, SGEMM
         )
     else:
-        attention_streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock)
+        attention_streaming(
+            out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, parts
+        )
 
 
 def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int, kv_dtype=np.float32) -> int:
@@ -385,16 +389,10 @@ def streaming_scratch_size(block: int, qblock: int, head_dim: int, group: int, k
     return group * qblock * (block + head_dim + 2) + tiles
 
 
-def span_partials_floats(T: int, pos0: int, heads_of_G: np.ndarray, head_dim: int, block: int, qblock: int) -> int:
-    """Floats `streaming` allocates for the row kernel's per-span partial states (0 with one span, or for
-    the tile kernel): bounded by MAX_SPLITS, whatever the context length."""
-    if T >= BLOCKS_MIN_T and SGEMM is not None:
-        return 0
-    n_sp, _ = _split_span(pos0 + T, block, SPLIT, MAX_SPLITS)
-    if n_sp == 1:
-        return 0
-    G, group = len(heads_of_G) - 1, int(np.diff(heads_of_G).max())
-    return -(-T // qblock) * G * n_sp * group * min(T, qblock) * (head_dim + 2)
+def span_partials_floats(kv_heads: int, group: int, head_dim: int) -> int:
+    """Floats of the buffer `streaming` keeps decode's per-span partial states in: MAX_SPLITS spans of
+    every KV head's `group` rows of (output, m, l), whatever the context length."""
+    return MAX_SPLITS * kv_heads * group * (head_dim + 2)
 
 
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:
