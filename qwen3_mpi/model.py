@@ -218,19 +218,20 @@ class Model:
         self.set_attention(attention)
 
     def set_attention(self, attention: str) -> None:
-        """Choose the attention kernel ('standard' or 'streaming') and size its per-thread scratch."""
+        """Choose the attention kernel ('standard' or 'streaming') and size its per-thread scratch (and, for
+        streaming, the buffer of decode's per-span partial states)."""
         if attention not in ATTENTION_KERNELS:
             raise UserError(f"--attention must be 'standard' or 'streaming', not {attention!r}")
         self.attention = attention
         threads = numba.get_num_threads()
         if attention == "standard":
-            size = self.max_context
+            size, parts = self.max_context, 0
         else:
             group = int(np.diff(self.heads_of_G).max())
             size = streaming_scratch_size(self.block, self.qblock, self.config.head_dim, group, self.cache.k_LGSK.dtype)
             parts = span_partials_floats(self.layout.n_kv_heads, group, self.config.head_dim)
         self.attn_scratch = aligned.zeros((threads, size), np.float32)
-        self.attn_parts = aligned.zeros(parts if attention == "streaming" else 0, np.float32)
+        self.attn_parts = aligned.zeros(parts, np.float32)  # streaming decode's per-span partial states
 
     def forward(self, ids_T: np.ndarray, pos0: int, all_logits: bool = False, gather: bool = True) -> np.ndarray | None:
         """Run T tokens at positions pos0.. through the model, filling the KV cache. Returns on rank 0
