@@ -8,6 +8,7 @@ rows on this rank, O output features of a fused projection, R ranks. `x_TD` is [
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numba
@@ -27,6 +28,7 @@ from .kernels.attention import (
     streaming,
     streaming_scratch_size,
 )
+from .kernels.decode import FAILED, attention_half, barrier_state, layer_stacks, layers_alone, mlp_half, regions_work
 from .kernels.linear import SMALL_T
 from .kv_cache import KV_DTYPES, KVCache
 from .rope import rope_tables
@@ -215,6 +217,12 @@ class Model:
             m for layer in weights.layers for m in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj)
         ]
         self.scratch = zeros(max(m.scratch_size(T) for m in linears), f32)
+        self.sync = barrier_state()  # of the decode regions
+        # a decode step (up to SMALL_T tokens) runs in parallel regions (kernels/decode.py), where numba runs
+        # them as such and its threads have cores of their own (spinning threads would wait for each other)
+        self.threads = numba.get_num_threads()
+        self.regions = regions_work(self.threads) and self.threads * comm.local_size <= (os.cpu_count() or 1)
+        self.layer_stacks = layer_stacks(weights.layers, self.norms_after) if comm.size == 1 else None
         self.set_attention(attention)
 
     def set_attention(self, attention: str) -> None:
@@ -242,7 +250,6 @@ class Model:
             raise ValueError("forward: tokens exceed the preallocated buffers")
         cfg, w, comm = self.config, self.weights, self.comm
         eps = np.float32(cfg.rms_norm_eps)
-        H, G = self.layout.n_heads, self.layout.n_kv_heads
         x, h, part = self.x_TD[:T], self.h_TD[:T], self.part_TD[:T]
         qkv, attn, gu, act = self.qkv_TO[:T], self.attn_TO[:T], self.gu_TO[:T], self.act_TF[:T]
 
@@ -251,23 +258,35 @@ class Model:
         w.embed.rows(part, ids_T, self.layout.vocab[0])
         x[:] = 0.0
         comm.combine(x, part, h, self.norms_after[0], eps)
-        for i, layer in enumerate(w.layers):
-            k_cache, v_cache = self.cache.layer(i)
-            # attention block: q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
-            layer.qkv_proj(qkv, h, self.scratch)
-            qk_norm_rope_cache(
-                qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache
+        if T > SMALL_T or not self.regions:
+            for i, layer in enumerate(w.layers):
+                self._layer(i, layer, pos0, T)
+        elif self.layer_stacks is not None:  # a few tokens on a single rank: every layer in one region
+            layers_alone(
+                *(self.threads, self.sync, h, qkv, attn, gu, act, part, x, self.layer_stacks),
+                *(self.cos_PK2, self.sin_PK2, pos0, eps, self.cache.k_LGSK, self.cache.v_LGSK),
+                *(self.attention == "standard", self.kv_of_H, self.heads_of_G, self.scale),
+                *(self.attn_scratch, self.attn_parts, self.block, self.qblock, self.scratch),
             )
-            self._attention(attn, qkv, k_cache, v_cache, pos0)
-            layer.o_proj(part, attn, self.scratch)
-            # partial sums -> full hidden, added to the residual; the MLP's norm
-            comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
-            # MLP block: gate/up of the local FFN slice, SiLU(gate) * up, down_proj slice
-            layer.gate_up_proj(gu, h, self.scratch)
-            silu_mul(act, gu)
-            layer.down_proj(part, act, self.scratch)
-            # partial sums -> full hidden, added to the residual; the next layer's norm (or the final one)
-            comm.combine(x, part, h, self.norms_after[i + 1], eps)
+        else:  # a few tokens on several ranks: a region per half-layer, the combines between them
+            for i, layer in enumerate(w.layers):
+                k_cache, v_cache = self.cache.layer(i)
+                attention_half(
+                    *(self.threads, self.sync, h, qkv, layer.qkv_proj.w, layer.q_norm_K, layer.k_norm_K),
+                    *(self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache, attn, self.attention == "standard"),
+                    *(self.kv_of_H, self.heads_of_G, self.scale, self.attn_scratch, self.attn_parts, self.block),
+                    *(self.qblock, part, layer.o_proj.w, self.scratch),
+                )
+                comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
+                mlp_half(
+                    self.threads, self.sync, h, gu, layer.gate_up_proj.w, act, part, layer.down_proj.w, self.scratch
+                )
+                comm.combine(x, part, h, self.norms_after[i + 1], eps)
+        if self.sync[FAILED]:
+            raise RuntimeError(
+                f"a decode region's {self.threads} threads did not all arrive at a barrier in time: "
+                f"numba's '{numba.threading_layer()}' threading layer did not run them at once"
+            )
 
         # h = final norm; LM head rows of this rank's vocabulary, logits -> rank 0
         counts = self.vocab_counts
@@ -280,6 +299,29 @@ class Model:
             return self.logits_1V[0]
         full = comm.gather_columns(self.logits_1V, counts)
         return None if full is None else full[0]
+
+    def _layer(self, i: int, layer: LayerWeights, pos0: int, T: int) -> None:
+        """Layer i, one kernel call after another."""
+        eps, comm = np.float32(self.config.rms_norm_eps), self.comm
+        H, G = self.layout.n_heads, self.layout.n_kv_heads
+        x, h, part = self.x_TD[:T], self.h_TD[:T], self.part_TD[:T]
+        qkv, attn, gu, act = self.qkv_TO[:T], self.attn_TO[:T], self.gu_TO[:T], self.act_TF[:T]
+        k_cache, v_cache = self.cache.layer(i)
+        # attention block: q/k/v of local heads, q/k norm + RoPE, cache, attention, o_proj slice
+        layer.qkv_proj(qkv, h, self.scratch)
+        qk_norm_rope_cache(
+            qkv, H, G, layer.q_norm_K, layer.k_norm_K, self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache
+        )
+        self._attention(attn, qkv, k_cache, v_cache, pos0)
+        layer.o_proj(part, attn, self.scratch)
+        # partial sums -> full hidden, added to the residual; the MLP's norm
+        comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
+        # MLP block: gate/up of the local FFN slice, SiLU(gate) * up, down_proj slice
+        layer.gate_up_proj(gu, h, self.scratch)
+        silu_mul(act, gu)
+        layer.down_proj(part, act, self.scratch)
+        # partial sums -> full hidden, added to the residual; the next layer's norm (or the final one)
+        comm.combine(x, part, h, self.norms_after[i + 1], eps)
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) every kernel path once: decode steps and, as far as the

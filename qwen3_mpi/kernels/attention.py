@@ -34,37 +34,42 @@ MAX_SPLITS = 16  # spans per KV head at most, so that their partial states stay 
 def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch):
     """out[t, h*K:(h+1)*K] = softmax(q_th . K[:n]^T * scale) @ V[:n], n = pos0 + t + 1.
     Cost: 2 * n * K flops per (t, h) for the scores and as many for V; reads K and V once per (t, h)."""
-    T = out_TO.shape[0]
+    for th in prange(out_TO.shape[0] * kv_of_H.shape[0]):
+        _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch)
+
+
+@njit(fastmath=True, cache=True)
+def _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch):
+    """attention_standard's output row of task th = (query t, head h), t = th // H."""
     H = kv_of_H.shape[0]
     K = k_cache_GSK.shape[2]
-    for th in prange(T * H):
-        t = th // H
-        h = th % H
-        g = kv_of_H[h]
-        n = pos0 + t + 1
-        q = qkv_TO[t, h * K : (h + 1) * K]
-        row = scratch[get_thread_id(), :n]
-        m = -np.inf
-        for s in range(n):
-            k = k_cache_GSK[g, s]
-            acc = np.float32(0.0)
-            for i in range(K):
-                acc += q[i] * to_f32(k[i])
-            acc *= scale
-            row[s] = acc
-            m = max(m, acc)
-        total = np.float32(0.0)
-        for s in range(n):
-            e = exp32(row[s] - m)
-            row[s] = e
-            total += e
-        o = out_TO[t, h * K : (h + 1) * K]
-        o[:] = 0.0
-        for s in range(n):
-            w = row[s] / total
-            v = v_cache_GSK[g, s]
-            for i in range(K):
-                o[i] += w * to_f32(v[i])
+    t = th // H
+    h = th % H
+    g = kv_of_H[h]
+    n = pos0 + t + 1
+    q = qkv_TO[t, h * K : (h + 1) * K]
+    row = scratch[get_thread_id(), :n]
+    m = -np.inf
+    for s in range(n):
+        k = k_cache_GSK[g, s]
+        acc = np.float32(0.0)
+        for i in range(K):
+            acc += q[i] * to_f32(k[i])
+        acc *= scale
+        row[s] = acc
+        m = max(m, acc)
+    total = np.float32(0.0)
+    for s in range(n):
+        e = exp32(row[s] - m)
+        row[s] = e
+        total += e
+    o = out_TO[t, h * K : (h + 1) * K]
+    o[:] = 0.0
+    for s in range(n):
+        w = row[s] / total
+        v = v_cache_GSK[g, s]
+        for i in range(K):
+            o[i] += w * to_f32(v[i])
 
 
 @njit(cache=True, inline="always")
@@ -152,97 +157,139 @@ def attention_streaming(
     merges them at the end, as flash-decoding does, so that a rank with fewer KV heads than threads
     still keeps every thread reading; how a context is split depends on its length only, never on the
     number of threads."""
-    T = out_TO.shape[0]
+    jobs, n_sp, span, parts = _streaming_plan(
+        out_TO.shape[0], heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split
+    )
+    for job in prange(jobs):
+        _streaming_job(
+            job,
+            out_TO,
+            qkv_TO,
+            heads_of_G,
+            k_cache_GSK,
+            v_cache_GSK,
+            pos0,
+            scale,
+            scratch,
+            block,
+            qblock,
+            n_sp,
+            span,
+            parts,
+        )
+    if n_sp > 1:
+        _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp)
+
+
+@njit(cache=True, inline="always")
+def _streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split):
+    """(jobs, spans, span, parts) of attention_streaming: its tasks, how a decode step's context is cut
+    into spans and the spans' partial states (parts_X as [task, row, K + 2])."""
     G = heads_of_G.shape[0] - 1
     K = k_cache_GSK.shape[2]
-    n_qb = (T + qblock - 1) // qblock
     n_sp, span = _split_span(pos0 + T, block, split, MAX_SPLITS) if T == 1 else (1, pos0 + T)
-    group = int(np.max(heads_of_G[1:] - heads_of_G[:-1]))
+    group = 0
+    for g in range(G):
+        group = max(group, heads_of_G[g + 1] - heads_of_G[g])
     if n_sp > 1 and parts_X.shape[0] < n_sp * G * group * (K + 2):
         raise ValueError("attention_streaming: parts_X holds fewer than span_partials_floats floats")
     parts = parts_X[: n_sp * G * group * (K + 2) if n_sp > 1 else 0].reshape((-1, group, K + 2))  # per task
-    for job in prange(n_qb * G * n_sp):
-        sp = job % n_sp
-        g = job // n_sp % G
-        qb = job // n_sp // G
-        h0 = heads_of_G[g]
-        t0 = qb * qblock
-        t1 = min(T, t0 + qblock)
-        nq = t1 - t0
-        heads = heads_of_G[g + 1] - h0
-        R = heads * nq  # rows: (head, query) pairs, row hh nq + tq for head h0 + hh and query t0 + tq
-        sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
-        end = min(pos0 + t1, (sp + 1) * span)  # positions of this span visible to the block's last query
-        for s0 in range(sp * span, end, block):
-            n = min(end, s0 + block) - s0
-            # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
-            for j in range(min(n, KV_AHEAD)):  # the V pass below starts on rows already on their way
-                _prefetch_row(v_cache_GSK, g, s0 + j)
-            for j in range(n):  # scores of the block, each K row read once for all rows
-                _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
-                k = k_cache_GSK[g, s0 + j]
-                for tq in range(max(0, s0 + j - pos0 - t0), nq):  # the queries that see position s0 + j
-                    for hh in range(heads):
-                        q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
-                        a = np.float32(0.0)
-                        for i in range(K):
-                            a += q[i] * to_f32(k[i])
-                        sc[hh * nq + tq, j] = a * scale
-            for r in range(R):
-                visible = min(n, pos0 + t0 + r % nq + 1 - s0)
-                if visible > 0:
-                    _online_softmax(sc[r, :visible], r, m, l, acc)
-            for j in range(n):  # plus this block's weighted V, each V row read once
-                _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
-                v = v_cache_GSK[g, s0 + j]
-                for tq in range(max(0, s0 + j - pos0 - t0), nq):
-                    for hh in range(heads):
-                        e = sc[hh * nq + tq, j]
-                        a_r = acc[hh * nq + tq]
-                        for i in range(K):
-                            a_r[i] += e * to_f32(v[i])
-        if n_sp == 1:
-            _write_rows(out_TO, acc, l, h0, t0, nq)
-        else:
-            part = parts[job]
-            for r in range(R):
-                for i in range(K):
-                    part[r, i] = acc[r, i]
-                part[r, K] = m[r]
-                part[r, K + 1] = l[r]
-    if n_sp > 1:
-        _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp)
+    return (T + qblock - 1) // qblock * G * n_sp, n_sp, span, parts
+
+
+@njit(fastmath=True, cache=True)
+def _streaming_job(
+    job, out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, n_sp, span, parts
+):
+    """Task `job` of attention_streaming: one KV head, a block of queries, one span."""
+    T = out_TO.shape[0]
+    G = heads_of_G.shape[0] - 1
+    K = k_cache_GSK.shape[2]
+    sp = job % n_sp
+    g = job // n_sp % G
+    qb = job // n_sp // G
+    h0 = heads_of_G[g]
+    t0 = qb * qblock
+    t1 = min(T, t0 + qblock)
+    nq = t1 - t0
+    heads = heads_of_G[g + 1] - h0
+    R = heads * nq  # rows: (head, query) pairs, row hh nq + tq for head h0 + hh and query t0 + tq
+    sc, acc, m, l = _softmax_state(scratch[get_thread_id()], R, block, K)
+    end = min(pos0 + t1, (sp + 1) * span)  # positions of this span visible to the block's last query
+    for s0 in range(sp * span, end, block):
+        n = min(end, s0 + block) - s0
+        # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
+        for j in range(min(n, KV_AHEAD)):  # the V pass below starts on rows already on their way
+            _prefetch_row(v_cache_GSK, g, s0 + j)
+        for j in range(n):  # scores of the block, each K row read once for all rows
+            _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
+            k = k_cache_GSK[g, s0 + j]
+            for tq in range(max(0, s0 + j - pos0 - t0), nq):  # the queries that see position s0 + j
+                for hh in range(heads):
+                    q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
+                    a = np.float32(0.0)
+                    for i in range(K):
+                        a += q[i] * to_f32(k[i])
+                    sc[hh * nq + tq, j] = a * scale
+        for r in range(R):
+            visible = min(n, pos0 + t0 + r % nq + 1 - s0)
+            if visible > 0:
+                _online_softmax(sc[r, :visible], r, m, l, acc)
+        for j in range(n):  # plus this block's weighted V, each V row read once
+            _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
+            v = v_cache_GSK[g, s0 + j]
+            for tq in range(max(0, s0 + j - pos0 - t0), nq):
+                for hh in range(heads):
+                    e = sc[hh * nq + tq, j]
+                    a_r = acc[hh * nq + tq]
+                    for i in range(K):
+                        a_r[i] += e * to_f32(v[i])
+    if n_sp == 1:
+        _write_rows(out_TO, acc, l, h0, t0, nq)
+    else:
+        part = parts[job]
+        for r in range(R):
+            for i in range(K):
+                part[r, i] = acc[r, i]
+            part[r, K] = m[r]
+            part[r, K + 1] = l[r]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp):
     """out rows from the spans' partial states (parts[task] = output, m, l of the task's rows): the
     output sum(out_s exp(m_s - M)) / sum(l_s exp(m_s - M)), M the largest m_s, in span order."""
+    for pair in prange((out_TO.shape[0] + qblock - 1) // qblock * (heads_of_G.shape[0] - 1)):
+        _merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp)
+
+
+@njit(fastmath=True, cache=True)
+def _merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp):
+    """_merge_spans' rows of one (query block, KV head) pair."""
     T = out_TO.shape[0]
     G = heads_of_G.shape[0] - 1
     K = parts.shape[2] - 2
-    for pair in prange(((T + qblock - 1) // qblock) * G):
-        g = pair % G
-        t0 = pair // G * qblock
-        nq = min(T, t0 + qblock) - t0
-        h0 = heads_of_G[g]
-        for r in range((heads_of_G[g + 1] - h0) * nq):
-            top = -np.inf
-            for sp in range(n_sp):
-                top = max(top, parts[pair * n_sp + sp, r, K])
-            total = np.float32(0.0)
-            o = out_TO[t0 + r % nq, (h0 + r // nq) * K : (h0 + r // nq + 1) * K]
+    g = pair % G
+    t0 = pair // G * qblock
+    nq = min(T, t0 + qblock) - t0
+    h0 = heads_of_G[g]
+    for r in range((heads_of_G[g + 1] - h0) * nq):
+        top = -np.inf
+        for sp in range(n_sp):
+            top = max(top, parts[pair * n_sp + sp, r, K])
+        total = np.float32(0.0)
+        o = out_TO[t0 + r % nq, (h0 + r // nq) * K : (h0 + r // nq + 1) * K]
+        for i in range(K):
+            o[i] = 0.0
+        for sp in range(n_sp):
+            part = parts[pair * n_sp + sp, r]  # every span holds positions the query sees
+            w = exp32(part[K] - top)
+            total += part[K + 1] * w
             for i in range(K):
-                o[i] = 0.0
-            for sp in range(n_sp):
-                part = parts[pair * n_sp + sp, r]  # every span holds positions the query sees
-                w = exp32(part[K] - top)
-                total += part[K + 1] * w
-                for i in range(K):
-                    o[i] += part[i] * w
-            inv = np.float32(1.0) / total
-            for i in range(K):
-                o[i] *= inv
+                o[i] += part[i] * w
+        inv = np.float32(1.0) / total
+        for i in range(K):
+            o[i] *= inv
 
 
 def _kv_rows(cache_GSK, g, s0, n, ws, block, which):

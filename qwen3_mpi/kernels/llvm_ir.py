@@ -62,3 +62,67 @@ def target_features() -> frozenset[str]:
     import llvmlite.binding as llvm
 
     return frozenset(llvm.get_host_cpu_features().flatten().split(","))
+
+
+def _element(context, builder, array_type, array, index):
+    return builder.gep(context.make_array(array_type)(context, builder, array).data, [index])
+
+
+@intrinsic
+def atomic_add(typingctx, array, index, value):
+    """array[index] += value as one atomic step (int64 array, sequentially consistent); the old value."""
+    if array.dtype != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _element(context, builder, sig.args[0], args[0], args[1]), args[2], "seq_cst")
+
+    return types.int64(array, types.int64, types.int64), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):
+    """array[index] read atomically (int64 array), with acquire order: what was written before the store
+    or add that wrote this value is visible after it."""
+    if array.dtype != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_element(context, builder, sig.args[0], args[0], args[1]), "acquire", 8)
+
+    return types.int64(array, types.int64), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):
+    """array[index] = value atomically (int64 array), with release order."""
+    if array.dtype != types.int64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store_atomic(args[2], _element(context, builder, sig.args[0], args[0], args[1]), "release", 8)
+
+    return types.void(array, types.int64, types.int64), codegen
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The x86 `pause` hint for a spin-wait loop (nothing elsewhere)."""
+
+    def codegen(context, builder, sig, args):
+        import llvmlite.binding as llvm
+
+        if llvm.get_process_triple().startswith(("x86_64", "i686", "i386")):
+            builder.call(declare(builder, "llvm.x86.sse2.pause", []), [])
+
+    return types.void(), codegen
+
+
+@intrinsic
+def cycle_count(typingctx):
+    """The CPU's cycle counter (x86's time-stamp counter: constant rate, not core cycles)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.call(declare(builder, "llvm.readcyclecounter", [], I64), [])
+
+    return types.int64(), codegen

@@ -26,11 +26,17 @@ def _rmsnorm_row(out_D, x_D, w_D, eps):
 @njit(parallel=True, fastmath=True, cache=True)
 def silu_mul(out_TF, gu_T2F):
     """out = silu(gate) * up, with gate = gu[:, :F] and up = gu[:, F:]."""
-    F = out_TF.shape[1]
     for t in prange(out_TF.shape[0]):
-        for f in range(F):
-            g = gu_T2F[t, f]
-            out_TF[t, f] = g / (np.float32(1.0) + exp32(-g)) * gu_T2F[t, F + f]
+        silu_mul_range(out_TF, gu_T2F, t, 0, out_TF.shape[1])
+
+
+@njit(fastmath=True, cache=True)
+def silu_mul_range(out_TF, gu_T2F, t, f0, f1):
+    """silu_mul of row t, columns f0 .. f1 - 1."""
+    F = out_TF.shape[1]
+    for f in range(f0, f1):
+        g = gu_T2F[t, f]
+        out_TF[t, f] = g / (np.float32(1.0) + exp32(-g)) * gu_T2F[t, F + f]
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -55,20 +61,25 @@ def qk_norm_rope_cache(qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0,
     positions pos0..pos0+T-1: q_norm + RoPE on q in place; k_norm + RoPE on k; k and v into the caches
     (float32, or rounded to bf16).
     Always in parallel: run serially, a decode step's heads took 8x longer (16.8 against 2.1 us)."""
-    T = qkv_TO.shape[0]
+    for th in prange(qkv_TO.shape[0] * (H + G)):
+        qk_norm_rope_head(th, qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0, eps, k_cache_GSK, v_cache_GSK)
+
+
+@njit(fastmath=True, cache=True)
+def qk_norm_rope_head(th, qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0, eps, k_cache_GSK, v_cache_GSK):
+    """qk_norm_rope_cache's task th: head th % (H + G) of token th // (H + G)."""
     K = k_cache_GSK.shape[2]
-    for th in prange(T * (H + G)):
-        t = th // (H + G)
-        j = th % (H + G)
-        pos = pos0 + t
-        head = qkv_TO[t, j * K : (j + 1) * K]
-        if j < H:
-            _norm_rope(head, q_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
-        else:
-            g = j - H
-            _norm_rope(head, k_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
-            store_f32(k_cache_GSK[g, pos], head)
-            store_f32(v_cache_GSK[g, pos], qkv_TO[t, (H + G + g) * K : (H + G + g + 1) * K])
+    t = th // (H + G)
+    j = th % (H + G)
+    pos = pos0 + t
+    head = qkv_TO[t, j * K : (j + 1) * K]
+    if j < H:
+        _norm_rope(head, q_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
+    else:
+        g = j - H
+        _norm_rope(head, k_norm_K, cos_PK2[pos], sin_PK2[pos], eps)
+        store_f32(k_cache_GSK[g, pos], head)
+        store_f32(v_cache_GSK[g, pos], qkv_TO[t, (H + G + g) * K : (H + G + g + 1) * K])
 
 
 @njit(cache=True, inline="always")
@@ -89,6 +100,13 @@ def _add_partials_row(x_TD, parts_RTD, out_TD, w_D, eps, t):
     _rmsnorm_row(out_TD[t], x_TD[t], w_D, eps)
 
 
+@njit(cache=True)
+def add_partials_serial(x_TD, parts_RTD, out_TD, w_D, eps):
+    """add_partials on this thread alone (a few rows), also from inside a parallel region."""
+    for t in range(x_TD.shape[0]):
+        _add_partials_row(x_TD, parts_RTD, out_TD, w_D, eps, t)
+
+
 @njit(parallel=True, cache=True)
 def add_partials(x_TD, parts_RTD, out_TD, w_D, eps):
     """x += parts[0] + parts[1] + ... in rank order, then out = rmsnorm(x) * w (the norm that follows
@@ -96,8 +114,7 @@ def add_partials(x_TD, parts_RTD, out_TD, w_D, eps):
     every rank (on any CPU) computes bit-identical x from the same gathered partials."""
     T = x_TD.shape[0]
     if T <= SERIAL_T:
-        for t in range(T):
-            _add_partials_row(x_TD, parts_RTD, out_TD, w_D, eps, t)
+        add_partials_serial(x_TD, parts_RTD, out_TD, w_D, eps)
     else:
         for t in prange(T):
             _add_partials_row(x_TD, parts_RTD, out_TD, w_D, eps, t)

@@ -1,0 +1,346 @@
+"""A decode step's half-layers, each in one parallel region.
+
+Each numba kernel call is a parallel region: the threads start it together and the caller waits for
+the last to finish. A decode step called five of them per layer (qkv_proj, q/k norm + RoPE, attention,
+o_proj; gate_up_proj, SiLU, down_proj: seven), each short (a 4 MB matrix is ~60 us of reading), so the
+starts, ends and the waits for the slower thread cost a few percent of the step. Here the threads
+enter once per half-layer and walk its calls in turn, a barrier between consecutive calls (a spin on a
+shared counter, ~100 ns). The calls are the kernels' own tasks (the same functions, each thread taking
+a contiguous share of them), so the result is that of calling the kernels one by one, up to the order
+of fastmath sums (LLVM may vectorize a task inlined into a region differently: ~1e-6 in the tests).
+
+Measured on the 2-core EPYC, the products of a Qwen3-0.6B step (113 matrices and the LM head) in one
+region against one call each, alternating with reads of the machine: 86% against 82% of the read in
+fast stretches of memory bandwidth (~80 GB/s), 89% against 83% in slow ones (~45 GB/s).
+
+A barrier needs every thread of the region running at once, one iteration of `prange(threads)` each.
+OpenMP's and numba's workqueue threading layers do that; TBB's work stealing may run two iterations on
+one thread, which would wait forever, so `regions_work` tells whether to use the regions.
+"""
+
+import functools
+
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from .attention import SPLIT, _merge_pair, _standard_row, _streaming_job, _streaming_plan
+from .linear import matvec_share
+from .llvm_ir import atomic_add, atomic_load, atomic_store, cycle_count, spin_pause
+from .ops import add_partials_serial, qk_norm_rope_head, silu_mul_range
+
+SYNC_INT64 = 32  # the barriers' state: arrivals [0], generation [8], failed [16], patience [24]
+FAILED = 16
+PATIENCE = 24  # cycles a barrier waits before it gives up
+WAIT_CYCLES = 1 << 37  # ~40 s (the time-stamp counter runs at ~2-4 GHz)
+
+
+def barrier_state() -> np.ndarray:
+    """A fresh state for the barriers of the regions (the arrays they take as `sync`)."""
+    from .. import aligned
+
+    sync = aligned.zeros(SYNC_INT64, np.int64)
+    sync[PATIENCE] = WAIT_CYCLES
+    return sync
+
+
+@njit(inline="always")
+def barrier(sync, threads):
+    """Wait until all `threads` threads of the region have arrived: each counts itself in; the last one
+    resets the count and starts the next generation, for which the others spin. A thread that waits
+    longer than sync[PATIENCE] cycles sets sync[FAILED], and from then on every barrier lets every thread
+    through, so that the region ends (with garbage) instead of hanging; the caller checks sync[FAILED]."""
+    if atomic_load(sync, FAILED):
+        return
+    generation = atomic_load(sync, 8)
+    if atomic_add(sync, 0, 1) == threads - 1:
+        atomic_store(sync, 0, 0)
+        atomic_add(sync, 8, 1)
+        return
+    deadline = cycle_count() + sync[PATIENCE]
+    spins = 0
+    while atomic_load(sync, 8) == generation:
+        spin_pause()
+        spins += 1
+        if spins % 4096 == 0 and (cycle_count() > deadline or atomic_load(sync, FAILED)):
+            atomic_store(sync, FAILED, 1)
+            return
+
+
+@njit(inline="always")
+def _share(part, parts, n):
+    """The tasks [a, b) of `part` of `parts` contiguous shares of n tasks."""
+    return part * n // parts, (part + 1) * n // parts
+
+
+@njit(fastmath=True, cache=True)
+def _attention_block(
+    worker,
+    threads,
+    sync,
+    h_TD,
+    qkv_TO,
+    qkv_w,
+    q_norm_K,
+    k_norm_K,
+    cos_PK2,
+    sin_PK2,
+    pos0,
+    eps,
+    k_cache_GSK,
+    v_cache_GSK,
+    attn_TO,
+    standard,
+    kv_of_H,
+    heads_of_G,
+    scale,
+    attn_scratch,
+    plan,
+    block,
+    qblock,
+    part_TD,
+    o_w,
+    scratch,
+):
+    """Worker `worker`'s share of attention_half; plan: _streaming_plan's (jobs, spans, span, parts)."""
+    T = qkv_TO.shape[0]
+    H = kv_of_H.shape[0]
+    G = heads_of_G.shape[0] - 1
+    jobs, n_sp, span, parts = plan
+    matvec_share(worker, threads, qkv_TO, h_TD, qkv_w, scratch)
+    barrier(sync, threads)
+    a, b = _share(worker, threads, T * (H + G))
+    for th in range(a, b):
+        qk_norm_rope_head(th, qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0, eps, k_cache_GSK, v_cache_GSK)
+    barrier(sync, threads)
+    if standard:
+        a, b = _share(worker, threads, T * H)
+        for th in range(a, b):
+            _standard_row(th, attn_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, attn_scratch)
+    else:
+        a, b = _share(worker, threads, jobs)
+        for job in range(a, b):
+            _streaming_job(
+                job,
+                attn_TO,
+                qkv_TO,
+                heads_of_G,
+                k_cache_GSK,
+                v_cache_GSK,
+                pos0,
+                scale,
+                attn_scratch,
+                block,
+                qblock,
+                n_sp,
+                span,
+                parts,
+            )
+        if n_sp > 1:
+            barrier(sync, threads)
+            a, b = _share(worker, threads, (T + qblock - 1) // qblock * G)
+            for pair in range(a, b):
+                _merge_pair(pair, attn_TO, parts, heads_of_G, qblock, n_sp)
+    barrier(sync, threads)
+    matvec_share(worker, threads, part_TD, attn_TO, o_w, scratch)
+
+
+@njit(fastmath=True, cache=True)
+def _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch):
+    """Worker `worker`'s share of mlp_half."""
+    T, F = act_TF.shape
+    matvec_share(worker, threads, gu_TO, h_TD, gate_up_w, scratch)
+    barrier(sync, threads)
+    a, b = _share(worker, threads, F)
+    for t in range(T):
+        silu_mul_range(act_TF, gu_TO, t, a, b)
+    barrier(sync, threads)
+    matvec_share(worker, threads, part_TD, act_TF, down_w, scratch)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def attention_half(
+    threads,
+    sync,
+    h_TD,
+    qkv_TO,
+    qkv_w,
+    q_norm_K,
+    k_norm_K,
+    cos_PK2,
+    sin_PK2,
+    pos0,
+    eps,
+    k_cache_GSK,
+    v_cache_GSK,
+    attn_TO,
+    standard,
+    kv_of_H,
+    heads_of_G,
+    scale,
+    attn_scratch,
+    parts_X,
+    block,
+    qblock,
+    part_TD,
+    o_w,
+    scratch,
+):
+    """An attention block for a few tokens (matvec sizes), by `threads` threads (numba's number): qkv =
+    h @ qkv_w.T; q/k norm, RoPE, k and v into the cache; attention (standard, or streaming's row kernel
+    with its spans) into attn; part = attn @ o_w.T. The other arguments are those of the kernels it runs
+    (linear, ops, attention)."""
+    split = k_cache_GSK.shape[1] if standard else SPLIT  # standard attention: one span, no partial states
+    plan = _streaming_plan(qkv_TO.shape[0], heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split)
+    for worker in prange(threads):
+        _attention_block(
+            worker,
+            threads,
+            sync,
+            h_TD,
+            qkv_TO,
+            qkv_w,
+            q_norm_K,
+            k_norm_K,
+            cos_PK2,
+            sin_PK2,
+            pos0,
+            eps,
+            k_cache_GSK,
+            v_cache_GSK,
+            attn_TO,
+            standard,
+            kv_of_H,
+            heads_of_G,
+            scale,
+            attn_scratch,
+            plan,
+            block,
+            qblock,
+            part_TD,
+            o_w,
+            scratch,
+        )
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def mlp_half(threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch):
+    """An MLP block for a few tokens, by `threads` threads: gu = h @ gate_up_w.T; act = SiLU(gate) * up;
+    part = act @ down_w.T."""
+    for worker in prange(threads):
+        _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def layers_alone(
+    threads,
+    sync,
+    h_TD,
+    qkv_TO,
+    attn_TO,
+    gu_TO,
+    act_TF,
+    part_TD,
+    x_TD,
+    layers,
+    cos_PK2,
+    sin_PK2,
+    pos0,
+    eps,
+    k_LGSK,
+    v_LGSK,
+    standard,
+    kv_of_H,
+    heads_of_G,
+    scale,
+    attn_scratch,
+    parts_X,
+    block,
+    qblock,
+    scratch,
+):
+    """Every layer on a single rank, in one region: per layer attention_half; x += part, h = its
+    post-attention norm of x (the combine of one rank, on one thread); mlp_half; x += part, h = the next
+    norm of x. layers: LayerStacks, each a typed list of the layers' arrays."""
+    qkv_ws, o_ws, gate_up_ws, down_ws, q_norms, k_norms, post_norms, next_norms = layers
+    split = k_LGSK.shape[2] if standard else SPLIT  # standard attention: one span, no partial states
+    plan = _streaming_plan(qkv_TO.shape[0], heads_of_G, k_LGSK[0], pos0, block, qblock, parts_X, split)
+    part_1TD = part_TD.reshape((1,) + part_TD.shape)  # the partial sums of the only rank
+    for worker in prange(threads):
+        for i in range(len(qkv_ws)):
+            _attention_block(
+                worker,
+                threads,
+                sync,
+                h_TD,
+                qkv_TO,
+                qkv_ws[i],
+                q_norms[i],
+                k_norms[i],
+                cos_PK2,
+                sin_PK2,
+                pos0,
+                eps,
+                k_LGSK[i],
+                v_LGSK[i],
+                attn_TO,
+                standard,
+                kv_of_H,
+                heads_of_G,
+                scale,
+                attn_scratch,
+                plan,
+                block,
+                qblock,
+                part_TD,
+                o_ws[i],
+                scratch,
+            )
+            barrier(sync, threads)
+            if worker == 0:
+                add_partials_serial(x_TD, part_1TD, h_TD, post_norms[i], eps)
+            barrier(sync, threads)
+            _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_ws[i], act_TF, part_TD, down_ws[i], scratch)
+            barrier(sync, threads)
+            if worker == 0:
+                add_partials_serial(x_TD, part_1TD, h_TD, next_norms[i], eps)
+            barrier(sync, threads)
+
+
+def layer_stacks(layers, norms_after):
+    """The arrays of every layer as layers_alone takes them (typed lists), or None where a kind's arrays
+    differ in type from layer to layer (a checkpoint mixing bf16 and float32)."""
+    from numba.typed import List
+
+    kinds = (
+        [layer.qkv_proj.w for layer in layers],
+        [layer.o_proj.w for layer in layers],
+        [layer.gate_up_proj.w for layer in layers],
+        [layer.down_proj.w for layer in layers],
+        [layer.q_norm_K for layer in layers],
+        [layer.k_norm_K for layer in layers],
+        [layer.post_attention_layernorm_D for layer in layers],
+        list(norms_after[1:]),
+    )
+    if any(
+        len({(a.dtype, a.ndim) for a in arrays}) > 1 or not all(a.flags.c_contiguous for a in arrays)
+        for arrays in kinds
+    ):
+        return None
+    return tuple(List(arrays) for arrays in kinds)
+
+
+@njit(parallel=True, cache=True)
+def _thread_of_iteration(ids):
+    for i in prange(ids.shape[0]):
+        ids[i] = get_thread_id()
+
+
+@functools.cache
+def regions_work(threads: int) -> bool:
+    """Whether `threads` iterations of prange run on `threads` distinct threads at once here: numba's
+    threading layer is OpenMP or workqueue (which start one thread per chunk) and did so just now."""
+    import numba
+
+    ids = np.full(threads, -1, np.int64)
+    _thread_of_iteration(ids)
+    return numba.threading_layer() in ("omp", "workqueue") and len(set(ids.tolist())) == threads
