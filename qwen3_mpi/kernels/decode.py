@@ -9,9 +9,9 @@ shared counter, ~100 ns). The calls are the kernels' own tasks (the same functio
 a contiguous share of them), so the result is that of calling the kernels one by one, up to the order
 of fastmath sums (LLVM may vectorize a task inlined into a region differently: ~1e-6 in the tests).
 
-Measured on the 2-core EPYC, the products of a Qwen3-0.6B step (113 matrices and the LM head) in one
-region against one call each, alternating with reads of the machine: 86% against 82% of the read in
-fast stretches of memory bandwidth (~80 GB/s), 89% against 83% in slow ones (~45 GB/s).
+Measured on the 2-core EPYC, decode steps of Qwen3-0.6B at 1 rank x 2 threads, in regions and one call
+at a time alternating, each turn between two reads of the machine: 3.2% faster in fast stretches of
+memory bandwidth (~80 GB/s; 77.5% against 75.7% of the read), 0.5% in slow ones (~45 GB/s).
 
 A barrier needs every thread of the region running at once, one iteration of `prange(threads)` each.
 OpenMP's and numba's workqueue threading layers do that; TBB's work stealing may run two iterations on
