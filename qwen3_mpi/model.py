@@ -219,7 +219,8 @@ class Model:
         self.scratch = zeros(max(m.scratch_size(T) for m in linears), f32)
         self.sync = barrier_state()  # of the decode regions
         # a decode step (up to SMALL_T tokens) runs in parallel regions (kernels/decode.py), where numba runs
-        # them as such and its threads have cores of their own (spinning threads would wait for each other)
+        # them as such and its threads have cores of their own (spinning threads would wait for each other);
+        # numba's thread count must stay what it is now (else a barrier gives up and forward raises)
         self.threads = numba.get_num_threads()
         self.regions = regions_work(self.threads) and self.threads * comm.local_size <= (os.cpu_count() or 1)
         self.layer_stacks = layer_stacks(weights.layers, self.norms_after) if comm.size == 1 else None

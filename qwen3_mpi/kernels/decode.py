@@ -1,13 +1,15 @@
-"""A decode step's half-layers, each in one parallel region.
+"""A decode step in parallel regions: every layer in one region on a single rank, each half-layer in one
+between the combines on several.
 
 Each numba kernel call is a parallel region: the threads start it together and the caller waits for
-the last to finish. A decode step called five of them per layer (qkv_proj, q/k norm + RoPE, attention,
-o_proj; gate_up_proj, SiLU, down_proj: seven), each short (a 4 MB matrix is ~60 us of reading), so the
-starts, ends and the waits for the slower thread cost a few percent of the step. Here the threads
-enter once per half-layer and walk its calls in turn, a barrier between consecutive calls (a spin on a
-shared counter, ~100 ns). The calls are the kernels' own tasks (the same functions, each thread taking
-a contiguous share of them), so the result is that of calling the kernels one by one, up to the order
-of fastmath sums (LLVM may vectorize a task inlined into a region differently: ~1e-6 in the tests).
+the last to finish. Called one by one, a decode step's kernels are seven regions per layer (qkv_proj,
+q/k norm + RoPE, attention, o_proj; gate_up_proj, SiLU, down_proj), each short (a 4 MB matrix is ~60 us
+of reading), so the starts, the ends and the waits for the slower thread cost a few percent of the
+step. Here the threads enter once and walk the calls in turn, with a barrier between consecutive calls
+(a spin on a shared counter). The calls are the kernels' own tasks (the same functions, each thread
+taking a contiguous share of them), so the result is that of calling the kernels one by one, up to the
+order of fastmath sums (LLVM may vectorize a task's code inlined into a region differently: ~1e-6 in
+the tests).
 
 Measured on the 2-core EPYC, decode steps of Qwen3-0.6B at 1 rank x 2 threads, in regions and one call
 at a time alternating, each turn between two reads of the machine: 3.2% faster in fast stretches of
