@@ -262,26 +262,28 @@ class Model:
         if T > SMALL_T or not self.regions:
             for i, layer in enumerate(w.layers):
                 self._layer(i, layer, pos0, T)
-        elif self.layer_stacks is not None:  # a few tokens on a single rank: every layer in one region
-            layers_alone(
-                *(self.threads, self.sync, h, qkv, attn, gu, act, part, x, self.layer_stacks),
-                *(self.cos_PK2, self.sin_PK2, pos0, eps, self.cache.k_LGSK, self.cache.v_LGSK),
-                *(self.attention == "standard", self.kv_of_H, self.heads_of_G, self.scale),
-                *(self.attn_scratch, self.attn_parts, self.block, self.qblock, self.scratch),
+        else:
+            # what every layer shares, as kernels/decode.py's regions take it
+            step = (h, qkv, attn, part, self.cos_PK2, self.sin_PK2, pos0, eps, self.attention == "standard")
+            step += (
+                self.kv_of_H,
+                self.heads_of_G,
+                self.scale,
+                self.attn_scratch,
+                self.block,
+                self.qblock,
+                self.scratch,
             )
-        else:  # a few tokens on several ranks: a region per half-layer, the combines between them
-            for i, layer in enumerate(w.layers):
-                k_cache, v_cache = self.cache.layer(i)
+            if self.layer_stacks is not None:  # a single rank: every layer in one region
+                cache = (self.cache.k_LGSK, self.cache.v_LGSK)
+                layers_alone(self.threads, self.sync, step, self.attn_parts, self.layer_stacks, *cache, gu, act, x)
+            for i, layer in enumerate(w.layers if self.layer_stacks is None else []):  # a region per half-layer
                 attention_half(
-                    *(self.threads, self.sync, h, qkv, layer.qkv_proj.w, layer.q_norm_K, layer.k_norm_K),
-                    *(self.cos_PK2, self.sin_PK2, pos0, eps, k_cache, v_cache, attn, self.attention == "standard"),
-                    *(self.kv_of_H, self.heads_of_G, self.scale, self.attn_scratch, self.attn_parts, self.block),
-                    *(self.qblock, part, layer.o_proj.w, self.scratch),
+                    *(self.threads, self.sync, step, self.attn_parts, layer.qkv_proj.w, layer.q_norm_K),
+                    *(layer.k_norm_K, *self.cache.layer(i), layer.o_proj.w),
                 )
                 comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
-                mlp_half(
-                    self.threads, self.sync, h, gu, layer.gate_up_proj.w, act, part, layer.down_proj.w, self.scratch
-                )
+                mlp_half(self.threads, self.sync, step, gu, layer.gate_up_proj.w, act, layer.down_proj.w)
                 comm.combine(x, part, h, self.norms_after[i + 1], eps)
         if self.sync[FAILED]:
             raise RuntimeError(

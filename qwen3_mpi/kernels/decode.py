@@ -74,36 +74,19 @@ def _share(part, parts, n):
     return part * n // parts, (part + 1) * n // parts
 
 
+@njit(inline="always")
+def _plan(step, k_cache_GSK, parts_X):
+    """_streaming_plan of this step (standard attention: one span, no partial states)."""
+    T, pos0, standard, heads_of_G, block, qblock = step[1].shape[0], step[6], step[8], step[10], step[13], step[14]
+    split = k_cache_GSK.shape[1] if standard else SPLIT
+    return _streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split)
+
+
 @njit(fastmath=True, cache=True)
-def _attention_block(
-    worker,
-    threads,
-    sync,
-    h_TD,
-    qkv_TO,
-    qkv_w,
-    q_norm_K,
-    k_norm_K,
-    cos_PK2,
-    sin_PK2,
-    pos0,
-    eps,
-    k_cache_GSK,
-    v_cache_GSK,
-    attn_TO,
-    standard,
-    kv_of_H,
-    heads_of_G,
-    scale,
-    attn_scratch,
-    plan,
-    block,
-    qblock,
-    part_TD,
-    o_w,
-    scratch,
-):
-    """Worker `worker`'s share of attention_half; plan: _streaming_plan's (jobs, spans, span, parts)."""
+def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w):
+    """Worker `worker`'s share of attention_half; plan: _plan's (jobs, spans, span, parts)."""
+    h_TD, qkv_TO, attn_TO, part_TD, cos_PK2, sin_PK2, pos0, eps, standard, kv_of_H, heads_of_G = step[:11]
+    scale, attn_scratch, block, qblock, scratch = step[11:]
     T = qkv_TO.shape[0]
     H = kv_of_H.shape[0]
     G = heads_of_G.shape[0] - 1
@@ -122,20 +105,8 @@ def _attention_block(
         a, b = _share(worker, threads, jobs)
         for job in range(a, b):
             _streaming_job(
-                job,
-                attn_TO,
-                qkv_TO,
-                heads_of_G,
-                k_cache_GSK,
-                v_cache_GSK,
-                pos0,
-                scale,
-                attn_scratch,
-                block,
-                qblock,
-                n_sp,
-                span,
-                parts,
+                *(job, attn_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, attn_scratch),
+                *(block, qblock, n_sp, span, parts),
             )
         if n_sp > 1:
             barrier(sync, threads)
@@ -147,8 +118,9 @@ def _attention_block(
 
 
 @njit(fastmath=True, cache=True)
-def _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch):
+def _mlp_block(worker, threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
     """Worker `worker`'s share of mlp_half."""
+    h_TD, part_TD, scratch = step[0], step[3], step[-1]
     T, F = act_TF.shape
     matvec_share(worker, threads, gu_TO, h_TD, gate_up_w, scratch)
     barrier(sync, threads)
@@ -160,148 +132,45 @@ def _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, d
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def attention_half(
-    threads,
-    sync,
-    h_TD,
-    qkv_TO,
-    qkv_w,
-    q_norm_K,
-    k_norm_K,
-    cos_PK2,
-    sin_PK2,
-    pos0,
-    eps,
-    k_cache_GSK,
-    v_cache_GSK,
-    attn_TO,
-    standard,
-    kv_of_H,
-    heads_of_G,
-    scale,
-    attn_scratch,
-    parts_X,
-    block,
-    qblock,
-    part_TD,
-    o_w,
-    scratch,
-):
+def attention_half(threads, sync, step, parts_X, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w):
     """An attention block for a few tokens (matvec sizes), by `threads` threads (numba's number): qkv =
     h @ qkv_w.T; q/k norm, RoPE, k and v into the cache; attention (standard, or streaming's row kernel
-    with its spans) into attn; part = attn @ o_w.T. The other arguments are those of the kernels it runs
-    (linear, ops, attention)."""
-    split = k_cache_GSK.shape[1] if standard else SPLIT  # standard attention: one span, no partial states
-    plan = _streaming_plan(qkv_TO.shape[0], heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split)
+    with its spans) into attn; part = attn @ o_w.T. step: what every layer of a step shares, (h, qkv,
+    attn, part, cos, sin, pos0, eps, standard, kv_of_H, heads_of_G, scale, attn_scratch, block, qblock,
+    scratch) as the kernels it runs (linear, ops, attention) take them."""
+    plan = _plan(step, k_cache_GSK, parts_X)
     for worker in prange(threads):
-        _attention_block(
-            worker,
-            threads,
-            sync,
-            h_TD,
-            qkv_TO,
-            qkv_w,
-            q_norm_K,
-            k_norm_K,
-            cos_PK2,
-            sin_PK2,
-            pos0,
-            eps,
-            k_cache_GSK,
-            v_cache_GSK,
-            attn_TO,
-            standard,
-            kv_of_H,
-            heads_of_G,
-            scale,
-            attn_scratch,
-            plan,
-            block,
-            qblock,
-            part_TD,
-            o_w,
-            scratch,
-        )
+        _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def mlp_half(threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch):
+def mlp_half(threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
     """An MLP block for a few tokens, by `threads` threads: gu = h @ gate_up_w.T; act = SiLU(gate) * up;
-    part = act @ down_w.T."""
+    part = act @ down_w.T (step: as attention_half's)."""
     for worker in prange(threads):
-        _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_w, act_TF, part_TD, down_w, scratch)
+        _mlp_block(worker, threads, sync, step, gu_TO, gate_up_w, act_TF, down_w)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def layers_alone(
-    threads,
-    sync,
-    h_TD,
-    qkv_TO,
-    attn_TO,
-    gu_TO,
-    act_TF,
-    part_TD,
-    x_TD,
-    layers,
-    cos_PK2,
-    sin_PK2,
-    pos0,
-    eps,
-    k_LGSK,
-    v_LGSK,
-    standard,
-    kv_of_H,
-    heads_of_G,
-    scale,
-    attn_scratch,
-    parts_X,
-    block,
-    qblock,
-    scratch,
-):
+def layers_alone(threads, sync, step, parts_X, layers, k_LGSK, v_LGSK, gu_TO, act_TF, x_TD):
     """Every layer on a single rank, in one region: per layer attention_half; x += part, h = its
     post-attention norm of x (the combine of one rank, on one thread); mlp_half; x += part, h = the next
-    norm of x. layers: LayerStacks, each a typed list of the layers' arrays."""
+    norm of x. step: as attention_half's; layers: layer_stacks, each a typed list of the layers' arrays."""
     qkv_ws, o_ws, gate_up_ws, down_ws, q_norms, k_norms, post_norms, next_norms = layers
-    split = k_LGSK.shape[2] if standard else SPLIT  # standard attention: one span, no partial states
-    plan = _streaming_plan(qkv_TO.shape[0], heads_of_G, k_LGSK[0], pos0, block, qblock, parts_X, split)
+    h_TD, part_TD, eps = step[0], step[3], step[7]
+    plan = _plan(step, k_LGSK[0], parts_X)
     part_1TD = part_TD.reshape((1,) + part_TD.shape)  # the partial sums of the only rank
     for worker in prange(threads):
         for i in range(len(qkv_ws)):
             _attention_block(
-                worker,
-                threads,
-                sync,
-                h_TD,
-                qkv_TO,
-                qkv_ws[i],
-                q_norms[i],
-                k_norms[i],
-                cos_PK2,
-                sin_PK2,
-                pos0,
-                eps,
-                k_LGSK[i],
-                v_LGSK[i],
-                attn_TO,
-                standard,
-                kv_of_H,
-                heads_of_G,
-                scale,
-                attn_scratch,
-                plan,
-                block,
-                qblock,
-                part_TD,
+                *(worker, threads, sync, step, plan, qkv_ws[i], q_norms[i], k_norms[i], k_LGSK[i], v_LGSK[i]),
                 o_ws[i],
-                scratch,
             )
             barrier(sync, threads)
             if worker == 0:
                 add_partials_serial(x_TD, part_1TD, h_TD, post_norms[i], eps)
             barrier(sync, threads)
-            _mlp_block(worker, threads, sync, h_TD, gu_TO, gate_up_ws[i], act_TF, part_TD, down_ws[i], scratch)
+            _mlp_block(worker, threads, sync, step, gu_TO, gate_up_ws[i], act_TF, down_ws[i])
             barrier(sync, threads)
             if worker == 0:
                 add_partials_serial(x_TD, part_1TD, h_TD, next_norms[i], eps)
