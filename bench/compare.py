@@ -11,10 +11,11 @@ compares figures taken minutes apart at most (this VM's speed moves by 10-40% ov
 table: tokens/s (median over rounds), ratios to transformers and decode as a percentage of the bandwidth
 roofline (weight bytes read per token / the round's best read bandwidth), each a median over rounds
 with its range, and prefill as a percentage of the measured float32 GEMM rate. Then, since the rounds'
-reads can fall in another stretch of the machine than the engines' runs: qwen3_mpi's decode at 1 rank
-in one process, in bursts of 16 steps each between two reads of the machine, as a percentage of the
-better of the two (12 bursts per round); with --llama-bench, each burst is followed by one of llama.cpp's
-decode (32 tokens, its own timing) and a third read.
+reads can fall in another stretch of the machine than the engines' runs: qwen3_mpi's decode at each of
+--ranks (an MPI job each), in bursts of 16 steps each between two reads of the machine by all its ranks
+at once, as a percentage of the better of the two (12 bursts per round and rank count); with
+--llama-bench, each burst of the single-rank job is followed by one of llama.cpp's decode (32 tokens,
+its own timing) and a third read.
 """
 
 import argparse
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -78,56 +80,88 @@ class Reader:
         read(self.a, out)
         read_streams(self.a, out4, PREFETCH_AHEAD)
         assert out.sum() == self.a.size and out4.sum() == self.a.size  # every element read once
-        self.plain = lambda: self.a.nbytes / _timed(lambda: read(self.a, out)) / 1e9
-        self.streams = lambda: self.a.nbytes / _timed(lambda: read_streams(self.a, out4, PREFETCH_AHEAD)) / 1e9
+        self.ways = (lambda: read(self.a, out), lambda: read_streams(self.a, out4, PREFETCH_AHEAD))
+        self.plain = lambda: self.a.nbytes / _timed(self.ways[0]) / 1e9
+        self.streams = lambda: self.a.nbytes / _timed(self.ways[1]) / 1e9
 
     def best(self) -> float:
         return max(self.plain(), self.streams())
 
+    def best_together(self, comm) -> float:
+        """best() with every rank of comm reading its own array at once (GB/s, all ranks' bytes over the
+        time from a barrier to the barrier after the last rank's read); rank 0's figure is the one used."""
+        rates = []
+        for way in self.ways:
+            comm.barrier()
+            t0 = time.perf_counter()
+            way()
+            comm.barrier()
+            rates.append(comm.size * self.a.nbytes / (time.perf_counter() - t0) / 1e9)
+        return max(rates)
 
-def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, steps=16, llama=None) -> dict:
-    """qwen3_mpi's decode (1 rank, in this process, greedy) in bursts of `steps` steps, each between two
-    reads of the machine (Reader.best): per turn, the weight bytes a step reads times steps/s over the
-    better of the two reads. Paired so closely, the ratio holds when the machine's bandwidth drifts
-    between the rounds' own measurements. With llama = (llama-bench, gguf), each turn then runs a burst of
-    llama.cpp's decode (2 x `steps` tokens after its warm-up, in its own process; its own timing) before
-    a third read, so both engines are measured against reads taken seconds apart."""
+
+def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, steps=16, llama=None) -> dict | None:
+    """qwen3_mpi's decode (greedy, through Engine.generate as `qwen3-mpi generate` runs it) on the ranks of
+    this MPI job, `threads` cores shared among them, in bursts of `steps` steps, each between two reads of
+    the machine in which every rank reads at once (Reader.best_together): per turn, the weight bytes a
+    step reads on all ranks times steps/s over the better of the two reads. Paired so closely, the ratio
+    holds when the machine's bandwidth drifts between the rounds' own measurements. With llama =
+    (llama-bench, gguf) on a single rank, each turn then runs a burst of llama.cpp's decode (2 x `steps`
+    tokens after its warm-up, in its own process; its own timing) before a third read, so both engines
+    are measured against reads taken seconds apart. Returns the figures on rank 0, None elsewhere."""
     import numba
     from threadpoolctl import threadpool_limits
 
     from qwen3_mpi.bench import weight_bytes_per_token
     from qwen3_mpi.comm import Comm
     from qwen3_mpi.config import Qwen3Config, ShardLayout
+    from qwen3_mpi.engine import Engine
     from qwen3_mpi.model import Model, load_shard
+    from qwen3_mpi.sampling import Sampler, SamplingParams
     from qwen3_mpi.weights import Checkpoint
 
+    comm = Comm()
     threadpool_limits(1)  # as qwen3-mpi does
-    reader = Reader(threads, gib)
+    reader = Reader(max(1, threads // comm.size), gib / comm.size)
     config = Qwen3Config.from_hf(Path(model_dir))
-    layout = ShardLayout.for_rank(config, 0, 1)
+    layout = ShardLayout.for_rank(config, comm.rank, comm.size)
     weights = load_shard(Checkpoint(Path(model_dir)), config, layout)
-    context = prompt_len + turns * steps + 1
-    model = Model(config, layout, weights, Comm(), attention=attention, max_context=context, max_tokens=prompt_len)
+    context = prompt_len + (turns + 1) * steps
+    model = Model(config, layout, weights, comm, attention=attention, max_context=context, max_tokens=prompt_len)
     model.warmup()
-    prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_len)
-    token, pos = int(np.argmax(model.forward(prompt, 0))), prompt_len
-    step_bytes, ratios, reads, llama_ratios, llama_reads = weight_bytes_per_token(model), [], [], [], []
+    engine, greedy = Engine(model, comm), SamplingParams()
+    sampler = Sampler(greedy, 0) if comm.is_root else None
+    prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_len).tolist()
+
+    def burst(ids, pos0):
+        """`steps` forward passes, each with its greedy token (the first at pos0); rank 0: its seconds."""
+        gen = engine.generate(ids if comm.is_root else None, steps, greedy, sampler, set(), pos0=pos0, context_ids=[])
+        return (gen.prefill_s + gen.decode_s, gen.output_ids[-1]) if comm.is_root else (0.0, 0)
+
+    _, token = burst(prompt, 0)  # the prompt; its last position's token starts the first burst
+    pos = prompt_len
+    step_bytes = sum(comm.allgather(weight_bytes_per_token(model)))
+    ratios, reads, llama_ratios, llama_reads = [], [], [], []
     for _ in range(turns):
-        before = reader.best()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            token = int(np.argmax(model.forward(np.array([token]), pos)))
-            pos += 1
-        seconds = time.perf_counter() - t0
-        middle = reader.best()
+        before = reader.best_together(comm)
+        seconds, token = burst([token], pos)
+        pos += steps
+        middle = reader.best_together(comm)
         reads.append(max(before, middle))
-        ratios.append(100 * step_bytes * steps / seconds / 1e9 / reads[-1])
-        if llama:
+        ratios.append(100 * step_bytes * steps / seconds / 1e9 / reads[-1] if comm.is_root else 0.0)
+        if llama and comm.size == 1:
             tokens_per_s = llama_cpp_run(*llama, 0, 2 * steps, 1, threads)["decode_tokens_per_s"]
             llama_reads.append(max(middle, reader.best()))
             llama_ratios.append(100 * step_bytes * tokens_per_s / 1e9 / llama_reads[-1])
-    result = {"decode_pct_of_read_paired": ratios, "read_gb_s": reads, "threads": numba.get_num_threads()}
-    if llama:
+    if not comm.is_root:
+        return None
+    result = {
+        "decode_pct_of_read_paired": ratios,
+        "read_gb_s": reads,
+        "ranks": comm.size,
+        "threads_per_rank": numba.get_num_threads(),
+    }
+    if llama_ratios:
         result |= {"llama_cpp_decode_pct_of_read_paired": llama_ratios, "llama_cpp_read_gb_s": llama_reads}
     return result
 
@@ -273,7 +307,6 @@ def llama_cpp_run(llama_bench, gguf, prompt_len, gen_len, iters, threads) -> dic
     return result
 
 
-PAIRED = (("qwen3_mpi N=1", ""), ("llama.cpp bf16", "llama_cpp_"))  # bursts paired with reads, keys' prefix
 
 
 def linear_flops_per_token(config: dict) -> float:
@@ -294,14 +327,23 @@ def worker(args) -> dict:
         machine["threads"] = args.threads
         return machine
     if args.worker == "paired":
+        from mpi4py import MPI
+
         llama = (args.llama_bench, args.gguf) if args.llama_bench else None
-        return paired_decode(args.model, args.attention, args.prompt_len, args.threads, args.read_gib, llama=llama)
+        try:
+            return paired_decode(args.model, args.attention, args.prompt_len, args.threads, args.read_gib, llama=llama)
+        except BaseException:  # end the whole job: the other ranks would wait in a collective forever
+            traceback.print_exc()
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(1)
     prompt = np.random.default_rng(0).integers(0, config["vocab_size"], args.prompt_len).tolist()
     return transformers_run(args.model, args.worker, prompt, args.gen_len, args.iters, args.threads)
 
 
-def in_subprocess(args, what: str, model_dir: str) -> dict:
-    cmd = [
+def in_subprocess(args, what: str, model_dir: str, ranks: int = 0) -> dict:
+    """worker(args) for `what` in a process of its own, or in an MPI job of `ranks` ranks."""
+    cmd = ["mpirun", "-n", str(ranks)] if ranks else []
+    cmd += [
         sys.executable,
         __file__,
         "--worker",
@@ -321,7 +363,7 @@ def in_subprocess(args, what: str, model_dir: str) -> dict:
         "--read-gib",
         str(args.read_gib),
     ]
-    if args.llama_bench:
+    if args.llama_bench and ranks <= 1:
         cmd += ["--llama-bench", args.llama_bench, "--gguf", args.gguf]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -346,7 +388,9 @@ def main():
     if bool(args.llama_bench) != bool(args.gguf):
         parser.error("--llama-bench and --gguf go together")
     if args.worker:
-        print(json.dumps(worker(args)))
+        result = worker(args)
+        if result is not None:  # rank 0's (the paired decode runs on every rank of its MPI job)
+            print(json.dumps(result))
         return
 
     from qwen3_mpi.demo import ensure_demo
@@ -368,7 +412,12 @@ def main():
     engines = ["transformers bfloat16", "transformers float32"] + [f"qwen3_mpi N={n}" for n in args.ranks]
     if args.llama_bench:
         engines.insert(2, "llama.cpp bf16")
-    rounds = []  # per round: {"machine": [...], engine: figures}
+    # bursts paired with reads: (engine, the paired run they come from, their keys' prefix); llama.cpp's
+    # run in the single-rank paired run, between its bursts
+    paired_engines = [(f"qwen3_mpi N={n}", f"N={n}", "") for n in args.ranks]
+    if args.llama_bench and 1 in args.ranks:
+        paired_engines.append(("llama.cpp bf16", "N=1", "llama_cpp_"))
+    rounds = []  # per round: {"machine": [...], engine: figures, "paired": {"N=n": figures}}
     for k in range(args.rounds):
         figures = {"machine": [measure(f"round {k + 1}, before the engines")]}
         for name in engines:
@@ -386,9 +435,9 @@ def main():
                 flush=True,
             )
         figures["machine"].append(measure(f"round {k + 1}, after the engines"))
-        figures["paired"] = in_subprocess(args, "paired", model_dir)
-        for engine, key in PAIRED:
-            paired = figures["paired"].get(f"{key}decode_pct_of_read_paired")
+        figures["paired"] = {f"N={n}": in_subprocess(args, "paired", model_dir, ranks=n) for n in args.ranks}
+        for engine, n, key in paired_engines:
+            paired = figures["paired"][n].get(f"{key}decode_pct_of_read_paired")
             if paired:
                 print(
                     f"round {k + 1}: {engine} decode, {len(paired)} bursts each between two reads: "
@@ -448,13 +497,13 @@ def main():
             f"{spread(r['prefill_vs_tf_fp32'], ratio)} | {spread(r['decode_vs_tf_bf16'], ratio)} | {roofline} | "
             f"{spread(r['prefill_pct_of_gemm'], pct)} |"
         )
-    for engine, key in PAIRED:
-        if f"{key}decode_pct_of_read_paired" not in rounds[0]["paired"]:
+    for engine, n, key in paired_engines:
+        if f"{key}decode_pct_of_read_paired" not in rounds[0]["paired"][n]:
             continue
         paired = [
             (v, b)
             for f in rounds
-            for v, b in zip(f["paired"][f"{key}decode_pct_of_read_paired"], f["paired"][f"{key}read_gb_s"])
+            for v, b in zip(f["paired"][n][f"{key}decode_pct_of_read_paired"], f["paired"][n][f"{key}read_gb_s"])
         ]
         print(
             f"\n{engine} decode paired with reads ({len(paired)} bursts, each between two reads of the machine): "

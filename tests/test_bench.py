@@ -128,7 +128,8 @@ print(json.dumps(tests))
 
 def test_compare_side_by_side_with_llama_cpp(checkpoints, tmp_path):
     """bench/compare.py end to end, one round, with a stand-in for llama-bench (llama.cpp is not built
-    here): every engine's row, llama.cpp's figures as its llama-bench reports them, its paired bursts."""
+    here): every engine's row, llama.cpp's figures as its llama-bench reports them, the paired bursts of
+    qwen3_mpi at 1 and 2 ranks and of llama.cpp."""
     directory, _ = checkpoints["gqa4-sharded-bf16"]
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"")
@@ -155,4 +156,9 @@ def test_compare_side_by_side_with_llama_cpp(checkpoints, tmp_path):
         summary["transformers float32"]["weight_bytes_per_token"]
         == 2 * summary["llama.cpp bf16"]["weight_bytes_per_token"]
     )
-    assert len(paired["decode_pct_of_read_paired"]) == len(paired["llama_cpp_decode_pct_of_read_paired"]) == 12
+    one, two = paired["N=1"], paired["N=2"]
+    assert len(one["decode_pct_of_read_paired"]) == len(one["llama_cpp_decode_pct_of_read_paired"]) == 12
+    assert (one["ranks"], two["ranks"], len(two["decode_pct_of_read_paired"])) == (1, 2, 12)
+    assert "llama_cpp_decode_pct_of_read_paired" not in two  # llama.cpp runs beside the single rank only
+    assert all(0 < v < 200 for v in one["decode_pct_of_read_paired"] + two["decode_pct_of_read_paired"])
+    assert "qwen3_mpi N=2 decode paired with reads (12 bursts" in proc.stdout
