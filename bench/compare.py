@@ -307,8 +307,6 @@ def llama_cpp_run(llama_bench, gguf, prompt_len, gen_len, iters, threads) -> dic
     return result
 
 
-
-
 def linear_flops_per_token(config: dict) -> float:
     """2 x the multiply-adds of every layer's projections (attention over a short prompt is small)."""
     D, I, K = config["hidden_size"], config["intermediate_size"], config["head_dim"]
@@ -332,7 +330,7 @@ def worker(args) -> dict:
         llama = (args.llama_bench, args.gguf) if args.llama_bench else None
         try:
             return paired_decode(args.model, args.attention, args.prompt_len, args.threads, args.read_gib, llama=llama)
-        except BaseException:  # end the whole job: the other ranks would wait in a collective forever
+        except BaseException:  # noqa: BLE001 - end the whole job: the other ranks would wait in a collective forever
             traceback.print_exc()
             sys.stderr.flush()
             MPI.COMM_WORLD.Abort(1)
