@@ -45,9 +45,10 @@ def _decode(model: Model, prompt: list[int]) -> np.ndarray:
 @pytest.mark.parametrize(
     "name, attention, kv_dtype",
     [
-        ("tied-gqa2-bf16", "streaming", "float32"),  # bf16 weights: the tile layout's products
+        ("tied-gqa2-bf16", "streaming", "float32"),  # bf16 weights: the tile layout's products; FFN 160:
+        # each gate_up_proj task holds the gate and the up of the same columns (SiLU without a barrier)
         ("untied-gqa1-f32", "streaming", "float32"),  # float32 weights: the row layout's
-        ("gqa4-sharded-bf16", "streaming", "float32"),
+        ("gqa4-sharded-bf16", "streaming", "float32"),  # FFN 200: SiLU after a barrier
         ("gqa4-sharded-bf16", "standard", "float32"),
         ("tied-gqa2-bf16", "streaming", "bfloat16"),  # a bf16 KV cache
     ],
