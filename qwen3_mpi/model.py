@@ -277,14 +277,15 @@ class Model:
             if self.layer_stacks is not None:  # a single rank: every layer in one region
                 cache = (self.cache.k_LGSK, self.cache.v_LGSK)
                 layers_alone(self.threads, self.sync, step, self.attn_parts, self.layer_stacks, *cache, gu, act, x)
-            for i, layer in enumerate(w.layers if self.layer_stacks is None else []):  # a region per half-layer
-                attention_half(
-                    *(self.threads, self.sync, step, self.attn_parts, layer.qkv_proj.w, layer.q_norm_K),
-                    *(layer.k_norm_K, *self.cache.layer(i), layer.o_proj.w),
-                )
-                comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
-                mlp_half(self.threads, self.sync, step, gu, layer.gate_up_proj.w, act, layer.down_proj.w)
-                comm.combine(x, part, h, self.norms_after[i + 1], eps)
+            else:  # a region per half-layer, between the combines
+                for i, layer in enumerate(w.layers):
+                    attention_half(
+                        *(self.threads, self.sync, step, self.attn_parts, layer.qkv_proj.w, layer.q_norm_K),
+                        *(layer.k_norm_K, *self.cache.layer(i), layer.o_proj.w),
+                    )
+                    comm.combine(x, part, h, layer.post_attention_layernorm_D, eps)
+                    mlp_half(self.threads, self.sync, step, gu, layer.gate_up_proj.w, act, layer.down_proj.w)
+                    comm.combine(x, part, h, self.norms_after[i + 1], eps)
         if self.sync[FAILED]:
             raise RuntimeError(
                 f"a decode region's {self.threads} threads did not all arrive at a barrier in time: "

@@ -32,7 +32,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .attention import SPLIT, _merge_pair, _standard_row, _streaming_job, _streaming_plan
-from .linear import matvec_share
+from .linear import matvec_share, task_units
 from .llvm_ir import atomic_add, atomic_load, atomic_store, cycle_count, spin_pause
 from .ops import add_partials_serial, qk_norm_rope_head, silu_mul_range
 
@@ -134,21 +134,13 @@ def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_
     matvec_share(worker, threads, part_TD, attn_TO, o_w, scratch)
 
 
-@njit(inline="always")
-def _task_columns(w):
-    """(outputs per unit, q) of matvec_share's tasks for W: task c computes units c, c + q, c + 2q, c + 3q,
-    a unit being a row of W (2-d rows) or a block of 16 (5-d tiles)."""
-    width = 16 if w.ndim == 5 else 1
-    return width, (w.shape[0] + 3) // 4
-
-
 @njit(fastmath=True, cache=True)
 def _mlp_block(worker, threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
     """Worker `worker`'s share of mlp_half."""
     h_TD, part_TD, scratch = step[0], step[3], step[-1]
     T, F = act_TF.shape
     matvec_share(worker, threads, gu_TO, h_TD, gate_up_w, scratch)
-    width, q = _task_columns(gate_up_w)
+    width, q = task_units(gate_up_w)
     if 2 * q * width == F:  # each task computed the gate and the up of the same columns: no need to wait
         a, b = _share(worker, threads, q)
         for c in range(a, b):

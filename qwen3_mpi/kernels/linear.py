@@ -110,9 +110,16 @@ def _matvec_packed_task(b, y_TO, x_TI, wv_BSKOJ, w_X, x_X, scratch):
                     y_TO[t, 16 * blk + o] = out[16 * j + o]
 
 
+@njit(inline="always")
+def task_units(w):
+    """(outputs per unit, q) of the tasks of matvec (2-d rows) or matvec_packed (5-d tiles) for W: task c
+    computes units c, c + q, c + 2q and c + 3q, a unit being a row of W or a block of 16 outputs."""
+    return 16 if w.ndim == 5 else 1, (w.shape[0] + 3) // 4
+
+
 def matvec_share(part, parts, y_TO, x_TI, w, scratch):
-    """Inside a parallel region: share `part` of `parts` (a contiguous run of the tasks) of matvec or
-    matvec_packed, whichever W's layout (2-d rows or 5-d tiles) takes."""
+    """Inside a parallel region: share `part` of `parts` (tasks part q // parts .. (part + 1) q // parts
+    - 1) of matvec or matvec_packed, whichever W's layout (2-d rows or 5-d tiles) takes."""
     raise NotImplementedError  # numba only
 
 
@@ -122,14 +129,14 @@ def _matvec_share(part, parts, y_TO, x_TI, w, scratch):
 
         def packed(part, parts, y_TO, x_TI, w, scratch):
             w_X, x_X = _packed_views(w, x_TI)
-            q = (w.shape[0] + 3) // 4
+            q = task_units(w)[1]
             for b in range(part * q // parts, (part + 1) * q // parts):
                 _matvec_packed_task(b, y_TO, x_TI, w, w_X, x_X, scratch)
 
         return packed
 
     def rows(part, parts, y_TO, x_TI, w, scratch):
-        q = (w.shape[0] + 3) // 4
+        q = task_units(w)[1]
         for o in range(part * q // parts, (part + 1) * q // parts):
             _matvec_task(o, y_TO, x_TI, w)
 
