@@ -73,6 +73,7 @@ class Comm:
         self.combine_method = "shared"
         self._gathered = None  # allgather's receive buffer
         self._win, self._node_counts, self._halves = None, None, {}  # shared: see _shared_slots
+        self._state_wins = []  # node_shared's
         self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
         self.profile = False  # --profile: per-phase waiting, collective time and bytes
         self.profile_stats: dict[str, dict] = {}
@@ -181,6 +182,36 @@ class Comm:
             self.node.Barrier()
         self._win.Sync()
         return parts_RTD
+
+    def node_slots(self, T: int, D: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """For a decode region that combines partial sums itself (kernels/decode.layers_region, every rank
+        on this node): the window's slots [ranks, T, D] of the next exchange and of the one after, and this
+        rank's slot. The region alternates between them, an even number of exchanges, each after a barrier
+        of every rank, so the next combine here takes up where it left off (collective on first use)."""
+        halves = self._halves.get((T, D)) or self._shared_slots(T, D)
+        return halves[self._parity ^ 1], halves[self._parity], self._slot
+
+    def node_shared(self, values: np.ndarray) -> np.ndarray:
+        """A copy of the first rank's int64 array in memory shared by this node's ranks, e.g. the state of
+        the barriers of a region that spans them (collective over the node)."""
+        win = MPI.Win.Allocate_shared(values.nbytes if self.local_rank == 0 else 0, 8, comm=self.node)
+        win.Lock_all(MPI.MODE_NOCHECK)
+        shared = np.frombuffer(win.Shared_query(0)[0], np.int64)[: values.size]
+        if self.local_rank == 0:
+            shared[:] = values
+        win.Sync()
+        self.node.Barrier()
+        win.Sync()
+        self._state_wins.append(win)  # kept for the process's life
+        return shared
+
+    def count_exchanges(self, n: int, nbytes: int) -> None:
+        """For --profile: n combines of nbytes of partial sums that a region did itself, between every pair
+        of ranks (their time, and the waits at their barriers, count as compute)."""
+        if self.profile and self.size > 1:
+            stats = self.profile_stats.setdefault(self.phase, dict.fromkeys(PROFILE_KEYS, 0))
+            stats["bytes_sent"] += n * nbytes * (self.size - 1)
+            stats["calls"] += n
 
     def _free_window(self) -> None:
         if self._win is not None:

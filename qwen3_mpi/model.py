@@ -28,7 +28,16 @@ from .kernels.attention import (
     streaming,
     streaming_scratch_size,
 )
-from .kernels.decode import FAILED, attention_half, barrier_state, layer_stacks, layers_alone, mlp_half, regions_work
+from .kernels.decode import (
+    FAILED,
+    attention_half,
+    barrier_state,
+    compile_now,
+    layer_stacks,
+    layers_region,
+    mlp_half,
+    regions_work,
+)
 from .kernels.linear import SMALL_T
 from .kv_cache import KV_DTYPES, KVCache
 from .rope import rope_tables
@@ -222,8 +231,16 @@ class Model:
         # them as such and its threads have cores of their own (spinning threads would wait for each other);
         # numba's thread count must stay what it is now (else a barrier gives up and forward raises)
         self.threads = numba.get_num_threads()
-        self.regions = regions_work(self.threads) and self.threads * comm.local_size <= (os.cpu_count() or 1)
-        self.layer_stacks = layer_stacks(weights.layers, self.norms_after) if comm.size == 1 else None
+        regions = regions_work(self.threads) and self.threads * comm.local_size <= (os.cpu_count() or 1)
+        self.regions = all(comm.allgather(regions))  # the ranks of a region meet at its barriers
+        stacks = layer_stacks(weights.layers, self.norms_after)
+        self.layer_stacks = stacks if all(comm.allgather(stacks is not None)) else None
+        # ranks all on one node run every layer in one region, combining through the node's window: the
+        # barrier of every thread of every rank before each combine (-> Comm.node_slots)
+        one_node = comm.size > 1 and comm.local_size == comm.size
+        self.node_sync = comm.node_shared(barrier_state()) if one_node else None
+        self.node_threads = sum(comm.allgather(self.threads))
+        self._node_compiled = False
         self.set_attention(attention)
 
     def set_attention(self, attention: str) -> None:
@@ -274,9 +291,8 @@ class Model:
                 self.qblock,
                 self.scratch,
             )
-            if self.layer_stacks is not None:  # a single rank: every layer in one region
-                cache = (self.cache.k_LGSK, self.cache.v_LGSK)
-                layers_alone(self.threads, self.sync, step, self.attn_parts, self.layer_stacks, *cache, gu, act, x)
+            if self.layer_stacks is not None and (comm.size == 1 or self._node_region()):
+                self._layers_region(step, x, part, gu, act)
             else:  # a region per half-layer, between the combines
                 for i, layer in enumerate(w.layers):
                     attention_half(
@@ -291,6 +307,11 @@ class Model:
                 f"a decode region's {self.threads} threads did not all arrive at a barrier in time: "
                 f"numba's '{numba.threading_layer()}' threading layer did not run them at once"
             )
+        if self.node_sync is not None and self.node_sync[FAILED]:
+            raise RuntimeError(
+                f"the {self.node_threads} threads of the node's {comm.size} ranks did not all arrive at a "
+                "decode region's barrier in time: a rank stopped, or their threads share cores"
+            )
 
         # h = final norm; LM head rows of this rank's vocabulary, logits -> rank 0
         counts = self.vocab_counts
@@ -303,6 +324,31 @@ class Model:
             return self.logits_1V[0]
         full = comm.gather_columns(self.logits_1V, counts)
         return None if full is None else full[0]
+
+    def _node_region(self) -> bool:
+        """Whether several ranks run a decode step's layers in one region each (on one node, combining in
+        its shared window)."""
+        return self.node_sync is not None and self.comm.combine_method == "shared"
+
+    def _layers_region(self, step: tuple, x, part, gu, act) -> None:
+        """Every layer in one region (kernels/decode.layers_region): a single rank's partial sums are its
+        own; several ranks' are the node window's slots, this rank's in place of `part`."""
+        args = (self.threads, self.sync)
+        if self.comm.size == 1:
+            args += ((self.sync, self.threads), (step, step), self.attn_parts, self.layer_stacks)
+            slots = (part[None], part[None])
+        else:
+            slots_a, slots_m, slot = self.comm.node_slots(*part.shape)
+            steps = tuple(step[:3] + (half[slot],) + step[4:] for half in (slots_a, slots_m))
+            args += ((self.node_sync, self.node_threads), steps, self.attn_parts, self.layer_stacks)
+            slots = (slots_a, slots_m)
+        args += (self.cache.k_LGSK, self.cache.v_LGSK, gu, act, x, slots)
+        if self.comm.size > 1 and not self._node_compiled:
+            compile_now(layers_region, *args)  # every rank, before any waits at the region's barriers
+            self.comm.barrier()
+            self._node_compiled = True
+        layers_region(*args)
+        self.comm.count_exchanges(2 * len(self.weights.layers), part.nbytes)
 
     def _layer(self, i: int, layer: LayerWeights, pos0: int, T: int) -> None:
         """Layer i, one kernel call after another."""

@@ -5,10 +5,13 @@ with an error instead of hanging."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
-from conftest import PROMPT_IDS
+from conftest import PROMPT_IDS, ROOT
 
 from qwen3_mpi.comm import Comm
 from qwen3_mpi.config import Qwen3Config, ShardLayout
@@ -90,3 +93,61 @@ def test_a_region_whose_threads_cannot_all_run_raises(checkpoints):
     model.threads = numba.get_num_threads() + 1  # more region workers than threads: two share one
     with pytest.raises(RuntimeError, match="did not all arrive at a barrier"):
         model.forward(np.array([5]), len(PROMPT_IDS))
+
+
+NODE_SCRIPT = """
+import sys, time
+import numba, numpy as np
+import qwen3_mpi.model
+from qwen3_mpi.comm import Comm
+from qwen3_mpi.config import Qwen3Config, ShardLayout
+from qwen3_mpi.kernels.decode import PATIENCE
+from qwen3_mpi.model import Model, load_shard
+from qwen3_mpi.weights import Checkpoint
+
+numba.set_num_threads(1)
+directory, late, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+comm = Comm()
+config = Qwen3Config.from_hf(directory)
+layout = ShardLayout.for_rank(config, comm.rank, comm.size)
+model = Model(config, layout, load_shard(Checkpoint(directory), config, layout), comm,
+              attention="streaming", max_context=64, max_tokens=16)
+lines = [f"one region {model.regions and model._node_region()}"]
+model.forward(np.array([3, 17, 101, 7, 250, 42]), 0)
+model.forward(np.array([5]), 6)  # compiled, and run once in lockstep
+comm.barrier()
+if comm.rank == 0:
+    model.node_sync[PATIENCE] = 100_000_000  # cycles: well under a second
+comm.barrier()
+if comm.rank == late:  # this rank enters the region 3 s after the other
+    region = qwen3_mpi.model.layers_region
+    qwen3_mpi.model.layers_region = lambda *args: (time.sleep(3), region(*args))
+try:
+    model.forward(np.array([9]), 7)
+    lines.append("no error")
+except RuntimeError as e:
+    lines.append(f"error {e}")
+with open(f"{out}.{comm.rank}", "w") as f:
+    f.write("\\n".join(lines))
+"""
+
+
+def test_a_rank_that_never_reaches_the_node_region_barrier_ends_it_with_an_error(checkpoints, tmp_path):
+    """Two ranks of one node run a decode step's layers in one region each and meet at its barriers; when
+    one of them comes too late, the other's region gives up and both raise instead of hanging."""
+    directory, _ = checkpoints["tied-gqa2-bf16"]
+    script = tmp_path / "late_rank.py"
+    script.write_text(NODE_SCRIPT)
+    proc = subprocess.run(
+        ["mpirun", "-n", "2", sys.executable, str(script), str(directory), "1", str(tmp_path / "rank")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    message = "the 2 threads of the node's 2 ranks did not all arrive at a decode region's barrier in time"
+    for rank in range(2):
+        lines = (tmp_path / f"rank.{rank}").read_text().splitlines()
+        assert lines[0] == "one region True" and lines[1].startswith(f"error {message}"), (rank, lines)

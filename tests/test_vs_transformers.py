@@ -133,7 +133,8 @@ def test_without_mpirun(checkpoints, tmp_path):
 def test_long_context_decode_matches_transformers(checkpoints, tmp_path):
     """Every position of a 1,100-token prompt as a decode step (--prefill-chunk 1), so that from 1,025
     cached positions on the streaming kernel cuts the context into spans and merges them: logits
-    against transformers at 1 rank and at 3 (KV heads split unevenly)."""
+    against transformers at 1 rank, at 2 (every layer of a step in one region per rank, combining in
+    the node's window) and at 3 (KV heads split unevenly)."""
     import torch
     from transformers import Qwen3ForCausalLM
 
@@ -147,7 +148,7 @@ def test_long_context_decode_matches_transformers(checkpoints, tmp_path):
     model = Qwen3ForCausalLM.from_pretrained(directory, dtype=torch.float32)
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
-    for ranks in (1, 3):
+    for ranks in (1, 2, 3):
         out = tmp_path / f"logits-{ranks}.npy"
         args = ["logits", "-m", str(directory), "--prompt-ids", ",".join(map(str, ids)), "-o", str(out)]
         proc = run_cli([*args, "--attention", "streaming", "--prefill-chunk", "1"], ranks=ranks, timeout=600)

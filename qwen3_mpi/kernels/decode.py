@@ -1,5 +1,6 @@
-"""A decode step in parallel regions: every layer in one region on a single rank, each half-layer in one
-between the combines on several.
+"""A decode step in parallel regions: every layer in one region on a single rank, and on each rank when
+all ranks are on one node (combining through the node's shared window inside it); on several nodes
+each half-layer in one, between the combines through MPI.
 
 Each numba kernel call is a parallel region: the threads start it together and the caller waits for
 the last to finish. Called one by one, a decode step's kernels are seven regions per layer (qkv_proj,
@@ -20,6 +21,11 @@ at a time alternating, each turn between two reads of the machine: 3.2% faster i
 memory bandwidth (~80 GB/s; 77.5% against 75.7% of the read), 0.5% in slow ones (~45 GB/s). Leaving
 out the two barriers: per-turn step time ratios 1.003, 1.003 and 1.006 in slow stretches (38-92 turns
 each run), 1.023, 0.999 and 1.015 in fast ones (8-22 turns).
+
+On one node, the ranks' regions meet at a barrier of all their threads (the same spin, on a counter in
+memory the node's ranks share) before each combine; each rank's partial sums go straight into its slot
+of the combine's window, and one thread of each rank then adds every rank's slot in rank order, so the
+ranks' hidden states stay bit-identical and a step makes no MPI call and no Python call per layer.
 
 A barrier needs every thread of the region running at once, one iteration of `prange(threads)` each.
 OpenMP's and numba's workqueue threading layers do that; TBB's work stealing may run two iterations on
@@ -177,33 +183,49 @@ def mlp_half(threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def layers_alone(threads, sync, step, parts_X, layers, k_LGSK, v_LGSK, gu_TO, act_TF, x_TD):
-    """Every layer on a single rank, in one region: per layer attention_half; x += part, h = its
-    post-attention norm of x (the combine of one rank, on one thread); mlp_half; x += part, h = the next
-    norm of x. step: as attention_half's; layers: layer_stacks, each a typed list of the layers' arrays."""
+def layers_region(threads, sync, node, steps, parts_X, layers, k_LGSK, v_LGSK, gu_TO, act_TF, x_TD, slots):
+    """Every layer in one region, on a single rank or on each of the ranks of one node: per layer
+    attention_half; the combine: every rank's partial sums summed in rank order into x, h = the
+    post-attention norm of x (on one thread of each rank); mlp_half; the combine, h = the next norm.
+    steps: two of attention_half's step, whose partial sums (step[3]) are this rank's slot of slots[0]
+    (the attention blocks') and of slots[1] (the MLP blocks'); slots: two [ranks, T, D], which several
+    ranks share (the combine's window, Comm.node_slots), a single rank's partial sums [1, T, D] twice.
+    node: (sync, count), the barrier of every thread of every rank, before each combine. A rank writes
+    a slot again only after the barrier of the other slots, which every rank reaches after its sum
+    over this one. layers: layer_stacks, each a typed list of the layers' arrays."""
     qkv_ws, o_ws, gate_up_ws, down_ws, q_norms, k_norms, post_norms, next_norms = layers
-    h_TD, part_TD, eps = step[0], step[3], step[7]
-    plan = _plan(step, k_LGSK[0], parts_X)
-    part_1TD = part_TD.reshape((1,) + part_TD.shape)  # the partial sums of the only rank
+    node_sync, everyone = node
+    step_a, step_m = steps
+    slots_a, slots_m = slots
+    h_TD, eps = step_a[0], step_a[7]
+    plan = _plan(step_a, k_LGSK[0], parts_X)
     for worker in prange(threads):
         for i in range(len(qkv_ws)):
             _attention_block(
-                *(worker, threads, sync, step, plan, qkv_ws[i], q_norms[i], k_norms[i], k_LGSK[i], v_LGSK[i]),
+                *(worker, threads, sync, step_a, plan, qkv_ws[i], q_norms[i], k_norms[i], k_LGSK[i], v_LGSK[i]),
                 o_ws[i],
             )
-            barrier(sync, threads)
+            barrier(node_sync, everyone)
             if worker == 0:
-                add_partials_serial(x_TD, part_1TD, h_TD, post_norms[i], eps)
+                add_partials_serial(x_TD, slots_a, h_TD, post_norms[i], eps)
             barrier(sync, threads)
-            _mlp_block(worker, threads, sync, step, gu_TO, gate_up_ws[i], act_TF, down_ws[i])
-            barrier(sync, threads)
+            _mlp_block(worker, threads, sync, step_m, gu_TO, gate_up_ws[i], act_TF, down_ws[i])
+            barrier(node_sync, everyone)
             if worker == 0:
-                add_partials_serial(x_TD, part_1TD, h_TD, next_norms[i], eps)
+                add_partials_serial(x_TD, slots_m, h_TD, next_norms[i], eps)
             barrier(sync, threads)
+
+
+def compile_now(dispatcher, *args) -> None:
+    """Compile `dispatcher` for these arguments (or load it from numba's cache) before the call: ranks
+    that meet at barriers inside a region must not enter it minutes apart, one of them compiling."""
+    import numba
+
+    dispatcher.compile(tuple(numba.typeof(a) for a in args))
 
 
 def layer_stacks(layers, norms_after):
-    """The arrays of every layer as layers_alone takes them (typed lists), or None where a kind's arrays
+    """The arrays of every layer as layers_region takes them (typed lists), or None where a kind's arrays
     differ in type from layer to layer (a checkpoint mixing bf16 and float32)."""
     from numba.typed import List
 
