@@ -26,6 +26,9 @@ On one node, the ranks' regions meet at a barrier of all their threads (the same
 memory the node's ranks share) before each combine; each rank's partial sums go straight into its slot
 of the combine's window, and one thread of each rank then adds every rank's slot in rank order, so the
 ranks' hidden states stay bit-identical and a step makes no MPI call and no Python call per layer.
+Measured at 2 ranks x 1 thread against a region per half-layer with the combines through MPI,
+alternating in one pair of processes: per-turn step-time ratios 1.020 and 1.032 in fast stretches
+(97 and 84 turns), 1.015 and 1.020 in slow ones (53 and 66).
 
 A barrier needs every thread of the region running at once, one iteration of `prange(threads)` each.
 OpenMP's and numba's workqueue threading layers do that; TBB's work stealing may run two iterations on
