@@ -232,14 +232,16 @@ class Model:
         # numba's thread count must stay what it is now (else a barrier gives up and forward raises)
         self.threads = numba.get_num_threads()
         regions = regions_work(self.threads) and self.threads * comm.local_size <= (os.cpu_count() or 1)
-        self.regions = all(comm.allgather(regions))  # the ranks of a region meet at its barriers
         stacks = layer_stacks(weights.layers, self.norms_after)
-        self.layer_stacks = stacks if all(comm.allgather(stacks is not None)) else None
+        # agreed by every rank: the ranks of a region meet at its barriers
+        ranks = comm.allgather((regions, stacks is not None, self.threads))
+        self.regions = all(r[0] for r in ranks)
+        self.layer_stacks = stacks if all(r[1] for r in ranks) else None
         # ranks all on one node run every layer in one region, combining through the node's window: the
         # barrier of every thread of every rank before each combine (-> Comm.node_slots)
         one_node = comm.size > 1 and comm.local_size == comm.size
         self.node_sync = comm.node_shared(barrier_state()) if one_node else None
-        self.node_threads = sum(comm.allgather(self.threads))
+        self.node_threads = sum(r[2] for r in ranks)
         self._node_compiled = False
         self.set_attention(attention)
 
