@@ -49,7 +49,7 @@ def _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, s
     n = pos0 + t + 1
     q = qkv_TO[t, h * K : (h + 1) * K]
     row = scratch[get_thread_id(), :n]
-    m = -np.inf
+    m = np.float32(-np.inf)
     for s in range(n):
         k = k_cache_GSK[g, s]
         acc = np.float32(0.0)
@@ -90,7 +90,7 @@ def _softmax_state(ws, rows, block, K):
     m = ws[rows * (block + K) : rows * (block + K + 1)]
     l = ws[rows * (block + K + 1) : rows * (block + K + 2)]
     acc[:] = 0.0
-    m[:] = -np.inf
+    m[:] = np.float32(-np.inf)
     l[:] = 0.0
     return sc, acc, m, l
 
@@ -99,7 +99,7 @@ def _softmax_state(ws, rows, block, K):
 def _online_softmax(p, r, m, l, acc):
     """Row r takes a block's scores p (in place -> exp(p - new max)): running max m, denominator l and
     the output accumulated so far (rescaled to the new max)."""
-    block_max = -np.inf
+    block_max = np.float32(-np.inf)
     for c in range(p.shape[0]):
         block_max = max(block_max, p[c])
     new_m = max(m[r], block_max)
@@ -274,7 +274,7 @@ def _merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp):
     nq = min(T, t0 + qblock) - t0
     h0 = heads_of_G[g]
     for r in range((heads_of_G[g + 1] - h0) * nq):
-        top = -np.inf
+        top = np.float32(-np.inf)
         for sp in range(n_sp):
             top = max(top, parts[pair * n_sp + sp, r, K])
         total = np.float32(0.0)
