@@ -21,7 +21,7 @@ from numba.extending import overload
 from .bf16 import to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
-from .llvm_ir import prefetch
+from .llvm_ir import prefetch_span
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
 CAUSAL_SUB = 32  # queries per sgemm of the tile kernel, so that tiles past the causal diagonal are skipped
@@ -76,9 +76,7 @@ def _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, s
 def _prefetch_row(cache_GSK, g, s):
     """Prefetch cache[g, s] (one position's K or V, head_dim elements) into L1, a line at a time."""
     K = cache_GSK.shape[2]
-    at = (g * cache_GSK.shape[1] + s) * K
-    for i in range(0, K, 64 // cache_GSK.itemsize):
-        prefetch(cache_GSK, at + i, 3)
+    prefetch_span(cache_GSK, (g * cache_GSK.shape[1] + s) * K, K, 3)
 
 
 @njit(cache=True, inline="always")

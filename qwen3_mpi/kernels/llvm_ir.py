@@ -1,5 +1,5 @@
 """LLVM IR pieces shared by the hand-written kernels (amx.py, bf16.py, fma.py): intrinsic declarations,
-element addresses, a software prefetch callable from numba, and the CPU features numba compiles for."""
+element addresses, software prefetches callable from numba, and the CPU features numba compiles for."""
 
 import functools
 
@@ -47,6 +47,52 @@ def prefetch(typingctx, array, offset, locality):
         emit_prefetch(builder, address(context, builder, sig.args[0], args[0], args[1]), locality.literal_value)
 
     return types.void(array, types.int64, locality), codegen
+
+
+LINE = 64  # bytes of a cache line
+
+
+def _no_unroll(module):
+    """A loop's `llvm.loop` metadata telling LLVM not to unroll it (a fresh self-referencing node)."""
+    unroll = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop = ir.MDValue(module, [], name=str(len(module.metadata)))
+    loop.operands = (loop, unroll)
+    return loop
+
+
+@intrinsic
+def prefetch_span(typingctx, array, offset, count, locality):
+    """Prefetch every cache line of array[offset : offset + count] (see emit_prefetch; locality a
+    literal 0-3), a line per iteration of a loop that LLVM is told not to unroll.
+
+    Written as a numba loop over the lines, the trip count (a row of K elements: 4 or 8 lines) is not
+    known at compile time, so LLVM unrolls it 8 times with a remainder loop; and numba optimizes a
+    function again each time it links it into a caller, which unrolled the already unrolled loop 8
+    times more. That copy is what a caller loaded from numba's on-disk cache runs: streaming decode
+    with a bf16 KV cache at 1,024 positions took 1.6x as long as the same kernel compiled in the
+    process. With this loop, cached and compiled run alike, and both 9-14% faster than before."""
+    if not isinstance(locality, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        start = builder.ptrtoint(address(context, builder, sig.args[0], args[0], args[1]), I64)
+        end = builder.add(start, builder.mul(args[2], ir.Constant(I64, itemsize(context, sig.args[0]))))
+        first = builder.and_(start, ir.Constant(I64, -LINE))
+        entry = builder.block
+        loop = builder.append_basic_block("prefetch_span")
+        done = builder.append_basic_block("prefetch_span.done")
+        builder.cbranch(builder.icmp_unsigned("<", first, end), loop, done)
+        builder.position_at_end(loop)
+        line = builder.phi(I64)
+        line.add_incoming(first, entry)
+        emit_prefetch(builder, builder.inttoptr(line, PTR), locality.literal_value)
+        following = builder.add(line, ir.Constant(I64, LINE))
+        line.add_incoming(following, loop)
+        back = builder.cbranch(builder.icmp_unsigned("<", following, end), loop, done)
+        back.set_metadata("llvm.loop", _no_unroll(builder.module))
+        builder.position_at_end(done)
+
+    return types.void(array, types.int64, types.int64, locality), codegen
 
 
 @functools.cache
