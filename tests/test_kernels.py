@@ -425,7 +425,6 @@ def test_fma_matmul_is_as_exact_as_float32_sgemm(T, O, I):
     assert fma_error <= max(2 * sgemm_error, 4 * 2**-24), (fma_error, sgemm_error)
 
 
-
 @njit
 def _prefetch_rows(a, first):
     """Prefetch rows first.. of a (a loop around prefetch_span, as in the attention kernels)."""
@@ -437,7 +436,6 @@ def _prefetch_rows(a, first):
 @njit
 def _calls_prefetch_rows(a, first):
     return _prefetch_rows(a, first)
-
 
 
 def _prefetches_in(dispatcher, signature, function):
