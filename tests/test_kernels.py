@@ -68,8 +68,9 @@ def run_attention(kind, q_THK, k_GSK, v_GSK, kv_of_H, pos0, block=16, qblock=4, 
 @pytest.mark.parametrize("kind", ["standard", "streaming"])
 @pytest.mark.parametrize("group", [1, 2, 4])
 @pytest.mark.parametrize("T,pos0", [(1, 0), (1, 37), (7, 0), (13, 50), (33, 16), (1, 1000)])
-def test_attention_matches_numpy(kind, group, T, pos0):
-    G, K = 2, 32
+@pytest.mark.parametrize("K", [32, 128])  # 128: the streaming row kernel's vector passes (kv_block)
+def test_attention_matches_numpy(kind, group, T, pos0, K):
+    G = 2
     H = G * group
     S = pos0 + T
     q = rng.standard_normal((T, H, K), dtype=np.float32)
@@ -105,9 +106,10 @@ def test_streaming_agrees_with_standard_for_any_block(block, qblock):
         (5, 3, 4, 1000),  # one span: the kernel without the merge
     ],
 )
-def test_streaming_spans_match_numpy(group, T, pos0, block, split):
+@pytest.mark.parametrize("K", [32, 128])
+def test_streaming_spans_match_numpy(group, T, pos0, block, split, K):
     """A decode step's context cut into spans of `split` positions, merged: still attention."""
-    G, K = 2, 32
+    G = 2
     q = rng.standard_normal((T, G * group, K), dtype=np.float32)
     k = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
     v = rng.standard_normal((G, pos0 + T, K), dtype=np.float32)
@@ -161,9 +163,10 @@ def test_kv_cache_rounding_is_torchs():
 
 @pytest.mark.parametrize("kind", ["standard", "streaming"])
 @pytest.mark.parametrize("T,pos0", [(1, 0), (1, 300), (3, 40), (20, 0), (33, 100)])  # row kernel and sgemm tiles
-def test_attention_on_a_bf16_cache_is_attention_on_its_values(kind, T, pos0):
+@pytest.mark.parametrize("K", [32, 128])
+def test_attention_on_a_bf16_cache_is_attention_on_its_values(kind, T, pos0, K):
     """A bf16 cache gives exactly what the float32 cache holding the same (rounded) values gives."""
-    G, group, K, block, qblock = 2, 2, 32, 16, 8
+    G, group, block, qblock = 2, 2, 16, 8
     H, S = G * group, pos0 + T
     q = np.ascontiguousarray(rng.standard_normal((T, H * K), dtype=np.float32))
     k16 = round_to_bf16(rng.standard_normal((G, S + 3, K), dtype=np.float32))

@@ -21,6 +21,7 @@ from numba.extending import overload
 from .bf16 import to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
+from .kv_block import block_scores, block_values
 from .llvm_ir import prefetch_span
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
@@ -28,6 +29,7 @@ CAUSAL_SUB = 32  # queries per sgemm of the tile kernel, so that tiles past the 
 KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): 4-9% faster than 8 at 128-4096
 SPLIT = 1024  # cached positions per task of the row kernel (decode), in spans merged at the end
 MAX_SPLITS = 16  # spans per KV head at most, so that their partial states stay small
+VECTOR_K = 128  # the head_dim for which the row kernel's block passes are kv_block's vector code (Qwen3's)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -219,20 +221,19 @@ def _streaming_job(
         # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
         for j in range(min(n, KV_AHEAD)):  # the V pass below starts on rows already on their way
             _prefetch_row(v_cache_GSK, g, s0 + j)
-        for j in range(n):  # scores of the block, each K row read once for all rows
-            _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
-            k = k_cache_GSK[g, s0 + j]
-            for tq in range(max(0, s0 + j - pos0 - t0), nq):  # the queries that see position s0 + j
-                for hh in range(heads):
-                    q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
-                    a = np.float32(0.0)
-                    for i in range(K):
-                        a += q[i] * to_f32(k[i])
-                    sc[hh * nq + tq, j] = a * scale
+        if K == VECTOR_K:  # every row's score, the ones past a query's position too (unused)
+            block_scores(k_cache_GSK[g, s0 : s0 + n], qkv_TO[t0:t1], h0, heads, sc, scale, VECTOR_K)
+        else:
+            _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale)
         for r in range(R):
             visible = min(n, pos0 + t0 + r % nq + 1 - s0)
             if visible > 0:
                 _online_softmax(sc[r, :visible], r, m, l, acc)
+            if K == VECTOR_K:  # block_values weights every position of the block
+                sc[r, max(visible, 0) : n] = 0.0
+        if K == VECTOR_K:
+            block_values(v_cache_GSK[g, s0 : s0 + n], sc, acc, VECTOR_K)
+            continue
         for j in range(n):  # plus this block's weighted V, each V row read once
             _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
             v = v_cache_GSK[g, s0 + j]
@@ -251,6 +252,22 @@ def _streaming_job(
                 part[r, i] = acc[r, i]
             part[r, K] = m[r]
             part[r, K + 1] = l[r]
+
+
+@njit(cache=True, inline="always")
+def _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale):
+    """_streaming_job's scores of a block for any head_dim, each K row read once for all rows."""
+    K = k_cache_GSK.shape[2]
+    for j in range(n):
+        _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
+        k = k_cache_GSK[g, s0 + j]
+        for tq in range(max(0, s0 + j - pos0 - t0), nq):  # the queries that see position s0 + j
+            for hh in range(heads):
+                q = qkv_TO[t0 + tq, (h0 + hh) * K : (h0 + hh + 1) * K]
+                a = np.float32(0.0)
+                for i in range(K):
+                    a += q[i] * to_f32(k[i])
+                sc[hh * nq + tq, j] = a * scale
 
 
 @njit(parallel=True, fastmath=True, cache=True)
