@@ -95,7 +95,7 @@ def run_cli(args: list[str], ranks: int | None = None, timeout: float = 300, env
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
-def _write_checkpoint(directory: Path, kwargs: dict, dtype: str, shard: str | None, style: str) -> None:
+def write_checkpoint(directory: Path, kwargs: dict, dtype: str, shard: str | None, style: str) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -167,7 +167,7 @@ def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     result = {}
     for name, (kwargs, dtype, shard, style) in CHECKPOINTS.items():
         directory = root / name
-        _write_checkpoint(directory, kwargs, dtype, shard, style)
+        write_checkpoint(directory, kwargs, dtype, shard, style)
         result[name] = (directory, _reference(directory))
     return result
 

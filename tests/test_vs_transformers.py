@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli
+from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli, write_checkpoint
 
 from qwen3_mpi.config import COMBINE_KINDS
 
@@ -130,7 +130,20 @@ def test_without_mpirun(checkpoints, tmp_path):
     assert float(np.abs(np.load(out) - ref["logits"]).max()) <= TOLERANCE
 
 
-def test_long_context_decode_matches_transformers(checkpoints, tmp_path):
+HEAD_DIM_128 = {  # Qwen3's head_dim, for which the streaming row kernel's passes are vector IR (kv_block.py)
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 128,
+    "tie_word_embeddings": False,
+    "rope_theta": 1e6,
+}
+
+
+@pytest.mark.parametrize("source", ["gqa4-sharded-bf16", "head-dim-128-bf16"])
+def test_long_context_decode_matches_transformers(checkpoints, tmp_path, source):
     """Every position of a 1,100-token prompt as a decode step (--prefill-chunk 1), so that from 1,025
     cached positions on the streaming kernel cuts the context into spans and merges them: logits
     against transformers at 1 rank, at 2 (every layer of a step in one region per rank, combining in
@@ -138,9 +151,11 @@ def test_long_context_decode_matches_transformers(checkpoints, tmp_path):
     import torch
     from transformers import Qwen3ForCausalLM
 
-    source, _ = checkpoints["gqa4-sharded-bf16"]
     directory = tmp_path / "long-context"
-    shutil.copytree(source, directory)
+    if source in checkpoints:
+        shutil.copytree(checkpoints[source][0], directory)
+    else:
+        write_checkpoint(directory, HEAD_DIM_128, "bfloat16", None, "5.x")
     config = json.loads((directory / "config.json").read_text())
     config["max_position_embeddings"] = 2048
     (directory / "config.json").write_text(json.dumps(config))
@@ -155,5 +170,7 @@ def test_long_context_decode_matches_transformers(checkpoints, tmp_path):
         assert proc.returncode == 0, proc.stderr
         ours = np.load(out)
         diff = float(np.abs(ours - ref).max())
-        FIGURES.append(f"logits 1,100 positions, spans from 1,025, N={ranks}: max |ours - transformers| = {diff:.2e}")
+        FIGURES.append(
+            f"logits 1,100 positions, spans from 1,025, {source} N={ranks}: max |ours - transformers| = {diff:.2e}"
+        )
         assert diff <= TOLERANCE
