@@ -21,12 +21,11 @@ from numba.extending import overload
 from .bf16 import to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
-from .kv_block import block_scores, block_values
+from .kv_block import KV_AHEAD, block_scores, block_values
 from .llvm_ir import prefetch_span
 
 BLOCKS_MIN_T = 8  # from this many queries on, streaming attention multiplies its tiles with sgemm
 CAUSAL_SUB = 32  # queries per sgemm of the tile kernel, so that tiles past the causal diagonal are skipped
-KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): 4-9% faster than 8 at 128-4096
 SPLIT = 1024  # cached positions per task of the row kernel (decode), in spans merged at the end
 MAX_SPLITS = 16  # spans per KV head at most, so that their partial states stay small
 VECTOR_K = 128  # the head_dim for which the row kernel's block passes are kv_block's vector code (Qwen3's)
