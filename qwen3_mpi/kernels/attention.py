@@ -220,28 +220,13 @@ def _streaming_job(
         # position s0 + j is visible to query t0 + tq if s0 + j <= pos0 + t0 + tq
         for j in range(min(n, KV_AHEAD)):  # the V pass below starts on rows already on their way
             _prefetch_row(v_cache_GSK, g, s0 + j)
-        if K == VECTOR_K:  # every row's score, the ones past a query's position too (unused)
-            block_scores(k_cache_GSK[g, s0 : s0 + n], qkv_TO[t0:t1], h0, heads, sc, scale, VECTOR_K)
-        else:
-            _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale)
+        _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale)
         for r in range(R):
             visible = min(n, pos0 + t0 + r % nq + 1 - s0)
             if visible > 0:
                 _online_softmax(sc[r, :visible], r, m, l, acc)
-            if K == VECTOR_K:  # block_values weights every position of the block
-                sc[r, max(visible, 0) : n] = 0.0
-        if K == VECTOR_K:
-            block_values(v_cache_GSK[g, s0 : s0 + n], sc, acc, VECTOR_K)
-            continue
-        for j in range(n):  # plus this block's weighted V, each V row read once
-            _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
-            v = v_cache_GSK[g, s0 + j]
-            for tq in range(max(0, s0 + j - pos0 - t0), nq):
-                for hh in range(heads):
-                    e = sc[hh * nq + tq, j]
-                    a_r = acc[hh * nq + tq]
-                    for i in range(K):
-                        a_r[i] += e * to_f32(v[i])
+            sc[r, max(visible, 0) : n] = 0.0  # no weight for the positions past the row's query
+        _block_values(v_cache_GSK, g, s0, n, pos0, t0, nq, heads, sc, acc)
     if n_sp == 1:
         _write_rows(out_TO, acc, l, h0, t0, nq)
     else:
@@ -255,8 +240,12 @@ def _streaming_job(
 
 @njit(cache=True, inline="always")
 def _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale):
-    """_streaming_job's scores of a block for any head_dim, each K row read once for all rows."""
+    """_streaming_job's scores of a block, each K row read once for all the task's rows: kv_block's
+    vector code at head_dim VECTOR_K (it scores the positions past a query too), numba loops else."""
     K = k_cache_GSK.shape[2]
+    if K == VECTOR_K:
+        block_scores(k_cache_GSK[g, s0 : s0 + n], qkv_TO[t0 : t0 + nq], h0, heads, sc, scale, VECTOR_K)
+        return
     for j in range(n):
         _prefetch_row(k_cache_GSK, g, s0 + j + KV_AHEAD)
         k = k_cache_GSK[g, s0 + j]
@@ -267,6 +256,26 @@ def _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, sc
                 for i in range(K):
                     a += q[i] * to_f32(k[i])
                 sc[hh * nq + tq, j] = a * scale
+
+
+@njit(cache=True, inline="always")
+def _block_values(v_cache_GSK, g, s0, n, pos0, t0, nq, heads, sc, acc):
+    """acc += the block's weights sc times its V rows, each V row read once for all the task's rows:
+    kv_block's vector code at head_dim VECTOR_K (it weights every position; sc is 0 past a query's
+    position), numba loops else."""
+    K = v_cache_GSK.shape[2]
+    if K == VECTOR_K:
+        block_values(v_cache_GSK[g, s0 : s0 + n], sc, acc, VECTOR_K)
+        return
+    for j in range(n):
+        _prefetch_row(v_cache_GSK, g, s0 + j + KV_AHEAD)
+        v = v_cache_GSK[g, s0 + j]
+        for tq in range(max(0, s0 + j - pos0 - t0), nq):
+            for hh in range(heads):
+                e = sc[hh * nq + tq, j]
+                a_r = acc[hh * nq + tq]
+                for i in range(K):
+                    a_r[i] += e * to_f32(v[i])
 
 
 @njit(parallel=True, fastmath=True, cache=True)
