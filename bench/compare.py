@@ -36,7 +36,7 @@ def read_bandwidth(threads: int, gib: float) -> dict:
     ways, and numpy's one-thread sum; GB/s, best of 5 each. "numba_gb_s", the roofline's bandwidth, is
     the faster of the two numba reads: one stream per task (a plain sum of 16 KiB), or the decode
     kernel's access pattern without its arithmetic (four streams per task, each prefetching
-    PREFETCH_AHEAD lines ahead), so that no read the engine does can beat the figure it is measured by."""
+    PREFETCH_AHEAD lines ahead into L2), so that no read the engine does can beat the figure it is measured by."""
     reader = Reader(threads, gib)
     plain = max(reader.plain() for _ in range(5))
     streams = max(reader.streams() for _ in range(5))
@@ -175,6 +175,7 @@ def _sum_streams_intrinsic():
     from numba.core import cgutils
     from numba.extending import intrinsic
 
+    from qwen3_mpi.kernels.bf16 import PREFETCH_LOCALITY
     from qwen3_mpi.kernels.llvm_ir import I32, I64, emit_prefetch
 
     f32x16 = ir.VectorType(ir.FloatType(), 16)
@@ -193,7 +194,7 @@ def _sum_streams_intrinsic():
                         builder.mul(loop.index, ir.Constant(I64, 16)),
                     )
                     ahead_at = builder.add(at, builder.mul(ahead_v, ir.Constant(I64, 16)))
-                    emit_prefetch(builder, builder.gep(data, [ahead_at]), 3)
+                    emit_prefetch(builder, builder.gep(data, [ahead_at]), PREFETCH_LOCALITY)
                     v = builder.load(builder.bitcast(builder.gep(data, [at]), f32x16.as_pointer()), align=4)
                     builder.store(builder.fadd(builder.load(accs[j]), v), accs[j])
             total = builder.fadd(

@@ -85,7 +85,8 @@ def pair_to_f32(typingctx, pair):
 
 F32x16 = ir.VectorType(ir.FloatType(), 16)
 I32x16 = ir.VectorType(I32, 16)
-PREFETCH_AHEAD = 32  # 64-byte lines each stream of dot_pairs_16x4 prefetches ahead of its loads
+PREFETCH_AHEAD = 16  # 64-byte lines each stream of dot_pairs_16x4 prefetches ahead of its loads
+PREFETCH_LOCALITY = 2  # into L2 (prefetcht1), not L1: see dot_pairs_16x4
 
 
 def splat(builder, value):
@@ -111,9 +112,13 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
     Four runs of w read side by side (four memory streams), 16 outputs per 512-bit vector, float32
     accumulators in registers: LLVM IR written directly, since numba cannot keep vector accumulators
     across a loop that walks memory (it keeps them in memory: 10x slower here). Each stream prefetches
-    the line PREFETCH_AHEAD lines ahead of the one it loads: the hardware prefetcher alone left the
-    product at 24-25 GB/s, below a plain read of the machine (27-28); with it, 28-30 (measured in one
-    process, alternating, on 600 MB of packed weights per shape)."""
+    the line PREFETCH_AHEAD lines ahead of the one it loads, into L2. On the Zen 5 EPYC the hardware
+    prefetcher alone left the product at 24-25 GB/s, below a plain read of the machine (27-28); with
+    prefetches 32 lines ahead into L1 (prefetcht0), 28-30 (measured in one process, alternating, on
+    600 MB of packed weights per shape). On the Zen 4 EPYC those L1 prefetches made it slower than none
+    (0.84x); prefetched 16 lines ahead into L2 (prefetcht1) instead, an LM-head-sized product (311 MB)
+    ran 1.25x (reads ~31 GB/s) and 1.50x (~48 GB/s) as fast as with them, at 90-100% of the machine's
+    read, the median of 24 turns alternating with reads (8-48 lines ahead, into L2: 1.42-1.53x)."""
     sig = types.void(w_X, types.int64, types.int64, types.int64, types.int64, x_X, types.int64, types.int64, out_X)
 
     def codegen(context, builder, signature, args):
@@ -132,7 +137,7 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
             k16 = builder.mul(k, ir.Constant(I64, 16))
             for j in range(4):
                 at = builder.add(offs[j], k16)
-                emit_prefetch(builder, builder.gep(wdata, [builder.add(at, ahead)]), 3)
+                emit_prefetch(builder, builder.gep(wdata, [builder.add(at, ahead)]), PREFETCH_LOCALITY)
                 pairs = builder.load(builder.bitcast(builder.gep(wdata, [at]), I32x16.as_pointer()), align=4)
                 lo, hi = widen_pairs(builder, pairs)
                 builder.store(builder.call(fma, [lo, xa, builder.load(accs[2 * j])]), accs[2 * j])
