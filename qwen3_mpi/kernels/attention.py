@@ -18,7 +18,7 @@ import numpy as np
 from numba import get_thread_id, njit, prange, types
 from numba.extending import overload
 
-from .bf16 import to_f32
+from .bf16 import PREFETCH_LOCALITY, to_f32
 from .blas import NO_TRANS, ROW_MAJOR, SGEMM, TRANS
 from .exp import exp32
 from .kv_block import KV_AHEAD, block_scores, block_values
@@ -75,9 +75,10 @@ def _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, s
 
 @njit(cache=True, inline="always")
 def _prefetch_row(cache_GSK, g, s):
-    """Prefetch cache[g, s] (one position's K or V, head_dim elements) into L1, a line at a time."""
+    """Prefetch cache[g, s] (one position's K or V, head_dim elements), a line at a time, into the cache
+    the decode products prefetch into (bf16.PREFETCH_LOCALITY)."""
     K = cache_GSK.shape[2]
-    prefetch_span(cache_GSK, (g * cache_GSK.shape[1] + s) * K, K, 3)
+    prefetch_span(cache_GSK, (g * cache_GSK.shape[1] + s) * K, K, PREFETCH_LOCALITY)
 
 
 @njit(cache=True, inline="always")

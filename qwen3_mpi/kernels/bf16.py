@@ -7,7 +7,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .llvm_ir import I32, I64, declare, emit_prefetch
+from .llvm_ir import I32, I64, declare, emit_prefetch, target_cpu
 
 
 @intrinsic
@@ -85,8 +85,9 @@ def pair_to_f32(typingctx, pair):
 
 F32x16 = ir.VectorType(ir.FloatType(), 16)
 I32x16 = ir.VectorType(I32, 16)
-PREFETCH_AHEAD = 16  # 64-byte lines each stream of dot_pairs_16x4 prefetches ahead of its loads
-PREFETCH_LOCALITY = 2  # into L2 (prefetcht1), not L1: see dot_pairs_16x4
+# the decode products' software prefetch, by the CPU (see dot_pairs_16x4): 64-byte lines each stream
+# prefetches ahead of its loads, and into which cache (emit_prefetch's locality: 3 L1, 2 L2)
+PREFETCH_AHEAD, PREFETCH_LOCALITY = {"znver5": (32, 3)}.get(target_cpu(), (16, 2))
 
 
 def splat(builder, value):
@@ -112,13 +113,14 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
     Four runs of w read side by side (four memory streams), 16 outputs per 512-bit vector, float32
     accumulators in registers: LLVM IR written directly, since numba cannot keep vector accumulators
     across a loop that walks memory (it keeps them in memory: 10x slower here). Each stream prefetches
-    the line PREFETCH_AHEAD lines ahead of the one it loads, into L2. On the Zen 5 EPYC the hardware
+    the line PREFETCH_AHEAD lines ahead of the one it loads. On a Zen 5 EPYC (znver5) the hardware
     prefetcher alone left the product at 24-25 GB/s, below a plain read of the machine (27-28); with
     prefetches 32 lines ahead into L1 (prefetcht0), 28-30 (measured in one process, alternating, on
-    600 MB of packed weights per shape). On the Zen 4 EPYC those L1 prefetches made it slower than none
-    (0.84x); prefetched 16 lines ahead into L2 (prefetcht1) instead, an LM-head-sized product (311 MB)
-    ran 1.25x (reads ~31 GB/s) and 1.50x (~48 GB/s) as fast as with them, at 90-100% of the machine's
-    read, the median of 24 turns alternating with reads (8-48 lines ahead, into L2: 1.42-1.53x)."""
+    600 MB of packed weights per shape), and into L2 only was 7% slower in fast stretches of memory
+    bandwidth. On a Zen 4 EPYC (znver4) those L1 prefetches made it slower than none (0.84x); 16 lines
+    ahead into L2 (prefetcht1), an LM-head-sized product (311 MB) ran 1.25x (reads ~31 GB/s) and 1.50x
+    (~48 GB/s) as fast as with them, at 90-100% of the machine's read (medians of 24 turns alternating
+    with reads; 8-48 lines ahead into L2: 1.42-1.53x). Other CPUs get the latter."""
     sig = types.void(w_X, types.int64, types.int64, types.int64, types.int64, x_X, types.int64, types.int64, out_X)
 
     def codegen(context, builder, signature, args):

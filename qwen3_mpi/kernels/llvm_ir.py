@@ -110,6 +110,19 @@ def target_features() -> frozenset[str]:
     return frozenset(llvm.get_host_cpu_features().flatten().split(","))
 
 
+@functools.cache
+def target_cpu() -> str:
+    """LLVM's name of the CPU numba compiles for ("znver4", "sapphirerapids", ...): its configured one,
+    else the host's."""
+    from numba.core import config
+
+    if config.CPU_NAME not in (None, "host"):
+        return config.CPU_NAME
+    import llvmlite.binding as llvm
+
+    return llvm.get_host_cpu_name()
+
+
 def _element(context, builder, array_type, array, index):
     return builder.gep(context.make_array(array_type)(context, builder, array).data, [index])
 
