@@ -97,6 +97,11 @@ def splat(builder, value):
     return builder.shuffle_vector(one, undef, ir.Constant(I32x16, [0] * 16))
 
 
+def fma16(builder):
+    """llvm.fma.v16f32 (LLVM IR): a * b + c on <16 x float>, rounded once."""
+    return declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
+
+
 def widen_pairs(builder, pairs):
     """The two bf16 halves of each lane of a <16 x i32> of pairs as two <16 x float> (LLVM IR): the low
     halves shifted up, the high halves masked; both exact."""
@@ -129,7 +134,7 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
         xdata = context.make_array(signature.args[5])(context, builder, x).data
         odata = context.make_array(signature.args[8])(context, builder, out).data
         accs = [cgutils.alloca_once_value(builder, ir.Constant(F32x16, [0.0] * 16)) for _ in range(8)]
-        fma = declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
+        fma = fma16(builder)
         ahead = ir.Constant(I64, 16 * PREFETCH_AHEAD)
         with cgutils.for_range(builder, nv) as loop:
             k = loop.index

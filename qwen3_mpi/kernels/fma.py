@@ -21,8 +21,8 @@ from numba import get_thread_id, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .bf16 import F32x16, I32x16, pair_to_f32, splat, widen_pairs
-from .llvm_ir import I64, declare
+from .bf16 import F32x16, I32x16, fma16, pair_to_f32, splat, widen_pairs
+from .llvm_ir import I64
 
 MT = 4  # tokens per micro-kernel call
 NB = 4  # blocks of 16 outputs per micro-kernel call
@@ -47,7 +47,7 @@ def gemm_pairs(typingctx, w_X, w0, run, x_X, x0, xs, n, y_X, y0, ys, accumulate,
         wdata = context.make_array(signature.args[0])(context, builder, w).data
         xdata = context.make_array(signature.args[3])(context, builder, x).data
         ydata = context.make_array(signature.args[7])(context, builder, y).data
-        fma = declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
+        fma = fma16(builder)
         zero = ir.Constant(F32x16, [0.0] * 16)
 
         def const(v):

@@ -23,8 +23,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .bf16 import PREFETCH_LOCALITY, F32x16, I32x16, splat
-from .llvm_ir import I32, I64, LINE, PTR, declare, emit_prefetch
+from .bf16 import PREFETCH_LOCALITY, F32x16, I32x16, fma16, splat
+from .llvm_ir import I32, I64, LINE, PTR, emit_prefetch
 
 F32 = ir.FloatType()
 LANES = 16
@@ -104,7 +104,7 @@ def block_scores(typingctx, k_NK, q_TO, h0, heads, sc_RB, scale, K):
         k, n, k_stride = _view(context, builder, signature.args[0], k_arg)
         q, nq, q_stride = _view(context, builder, signature.args[1], q_arg)
         sc, _, sc_stride = _view(context, builder, signature.args[4], sc_arg)
-        fma = _fma(builder)
+        fma = fma16(builder)
         with cgutils.for_range(builder, n) as jl:
             j = jl.index
             _prefetch_ahead(builder, k, k_stride, j, KV_AHEAD, row_bytes)
@@ -139,7 +139,7 @@ def block_values(typingctx, v_NK, sc_RB, acc_RK, K):
         v, n, v_stride = _view(context, builder, signature.args[0], args[0])
         sc, _, sc_stride = _view(context, builder, signature.args[1], args[1])
         acc, rows, acc_stride = _view(context, builder, signature.args[2], args[2])
-        fma = _fma(builder)
+        fma = fma16(builder)
 
         def rows_from(r0, count):
             acc_rows = [_row(builder, acc, acc_stride, builder.add(r0, ir.Constant(I64, i))) for i in range(count)]
@@ -174,7 +174,3 @@ def block_values(typingctx, v_NK, sc_RB, acc_RK, K):
             rows_from(builder.sub(rows, ir.Constant(I64, 1)), 1)
 
     return sig, codegen
-
-
-def _fma(builder):
-    return declare(builder, "llvm.fma.v16f32", [F32x16] * 3, F32x16)
