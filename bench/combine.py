@@ -10,9 +10,10 @@ import statistics
 
 import numpy as np
 
-from qwen3_mpi.cli import _set_threads
 from qwen3_mpi.comm import Comm
-from qwen3_mpi.config import COMBINE_KINDS
+from qwen3_mpi.model.layer import combine
+from qwen3_mpi.options import COMBINE_KINDS
+from qwen3_mpi.session import set_threads
 
 
 def main():
@@ -22,12 +23,12 @@ def main():
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--threads", type=int, help="threads per rank (default: as qwen3-mpi chooses)")
     args = parser.parse_args()
-    comm = Comm()
-    _set_threads(comm, args.threads)  # by default as qwen3-mpi does: the node's cores shared among its ranks
+    comms = {method: Comm(combine=method) for method in COMBINE_KINDS}
+    comm = comms["shared"]
+    set_threads(comm, args.threads)  # by default as qwen3-mpi does: the node's cores shared among its ranks
     for T in args.tokens:
         iters = max(20, args.iters // T)
         for method in COMBINE_KINDS:
-            comm.combine_method = method
             x = np.zeros((T, args.hidden), np.float32)
             part = np.random.default_rng(comm.rank).standard_normal((T, args.hidden), dtype=np.float32)
             h, norm = np.zeros_like(x), np.ones(args.hidden, np.float32)
@@ -36,7 +37,7 @@ def main():
                 comm.barrier()
                 t0 = comm.wtime()
                 for _ in range(iters):
-                    comm.combine(x, part, h, norm, np.float32(1e-6))
+                    combine(comms[method], x, part, h, norm, np.float32(1e-6))
                 rounds.append((comm.wtime() - t0) / iters * 1e6)
             if comm.is_root:
                 print(

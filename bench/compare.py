@@ -109,27 +109,14 @@ def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, step
     (llama-bench, gguf) on a single rank, each turn then runs a burst of llama.cpp's decode (2 x `steps`
     tokens after its warm-up, in its own process; its own timing) before a third read, so both engines
     are measured against reads taken seconds apart. Returns the figures on rank 0, None elsewhere."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from qwen3_mpi.bench import weight_bytes_per_token
-    from qwen3_mpi.comm import Comm
-    from qwen3_mpi.config import Qwen3Config, ShardLayout
-    from qwen3_mpi.engine import Engine
-    from qwen3_mpi.model import Model, load_shard
+    import qwen3_mpi
     from qwen3_mpi.sampling import Sampler, SamplingParams
-    from qwen3_mpi.weights import Checkpoint
 
-    comm = Comm()
-    threadpool_limits(1)  # as qwen3-mpi does
-    reader = Reader(max(1, threads // comm.size), gib / comm.size)
-    config = Qwen3Config.from_hf(Path(model_dir))
-    layout = ShardLayout.for_rank(config, comm.rank, comm.size)
-    weights = load_shard(Checkpoint(Path(model_dir)), config, layout)
     context = prompt_len + (turns + 1) * steps
-    model = Model(config, layout, weights, comm, attention=attention, max_context=context, max_tokens=prompt_len)
-    model.warmup()
-    engine, greedy = Engine(model, comm), SamplingParams()
+    options = qwen3_mpi.RunOptions(attention=attention, max_context=context, progress=False)
+    session = qwen3_mpi.load(model_dir, options, max_tokens=prompt_len)  # threads as qwen3-mpi sets them
+    comm, config, engine, greedy = session.comm, session.config, session.engine, SamplingParams()
+    reader = Reader(max(1, threads // comm.size), gib / comm.size)
     sampler = Sampler(greedy, 0) if comm.is_root else None
     prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_len).tolist()
 
@@ -140,7 +127,7 @@ def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, step
 
     _, token = burst(prompt, 0)  # the prompt; its last position's token starts the first burst
     pos = prompt_len
-    step_bytes = sum(comm.allgather(weight_bytes_per_token(model)))
+    step_bytes = sum(comm.allgather(session.model.weights.decode_nbytes))
     ratios, reads, llama_ratios, llama_reads = [], [], [], []
     for _ in range(turns):
         before = reader.best_together(comm)
@@ -159,7 +146,7 @@ def paired_decode(model_dir, attention, prompt_len, threads, gib, turns=12, step
         "decode_pct_of_read_paired": ratios,
         "read_gb_s": reads,
         "ranks": comm.size,
-        "threads_per_rank": numba.get_num_threads(),
+        "threads_per_rank": session.threads,
     }
     if llama_ratios:
         result |= {"llama_cpp_decode_pct_of_read_paired": llama_ratios, "llama_cpp_read_gb_s": llama_reads}

@@ -1,6 +1,8 @@
 """The only module that imports mpi4py: collectives of the forward pass, start-up agreement, abort.
 
-Without mpirun the process is a singleton MPI world of one rank.
+Comm moves buffers between ranks and does no model arithmetic: the forward pass (model/layer.py's
+combine) adds the partial sums it hands back. Without mpirun the process is a singleton MPI world of
+one rank.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ os.environ.setdefault("OMPI_MCA_osc", "^ucx")
 from mpi4py import MPI  # after the setting above, which MPI reads as it starts
 
 from .errors import UserError
-from .kernels import add_partials
+from .options import COMBINE_KINDS
 
 
 def _timed(payload):
@@ -57,25 +59,35 @@ PROFILE_KEYS = ("wait_s", "collective_s", "bytes_sent", "calls")
 SHARED_ROWS = 64
 
 
+def world_rank() -> int:
+    """This process's rank in MPI_COMM_WORLD (before any Comm exists)."""
+    return MPI.COMM_WORLD.Get_rank()
+
+
 class AgreedError(Exception):
     """A UserError that every rank has learned of (so every rank can exit cleanly)."""
 
 
 class Comm:
-    def __init__(self, comm=None):
-        self.world = comm or MPI.COMM_WORLD
+    """MPI_COMM_WORLD (or `world`), configured once: how partial sums travel (`combine`, one of
+    COMBINE_KINDS) and whether collectives are profiled per phase."""
+
+    def __init__(self, world=None, *, combine: str = "shared", profile: bool = False):
+        if combine not in COMBINE_KINDS:
+            raise ValueError(f"combine must be one of {COMBINE_KINDS}, not {combine!r}")
+        self.world = world or MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         # ranks sharing this node's memory: used to split the node's cores among them
         self.node = self.world.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = self.node.Get_rank()
         self.local_size = self.node.Get_size()
-        self.combine_method = "shared"
+        self.combine_method = combine
         self._gathered = None  # allgather's receive buffer
         self._win, self._node_counts, self._halves = None, None, {}  # shared: see _shared_slots
         self._state_wins = []  # node_shared's
         self.collective_s = 0.0  # wall time in the collectives below (single rank: the local sums)
-        self.profile = False  # --profile: per-phase waiting, collective time and bytes
+        self.profile = profile  # --profile: per-phase waiting, collective time and bytes
         self.profile_stats: dict[str, dict] = {}
         self.phase = "other"
         self._sent = []
@@ -109,31 +121,34 @@ class Comm:
         os._exit(code)
 
     # --- the forward pass
-    @_timed(lambda self, x_TD, part_TD, *norm: part_TD.nbytes * (self.size - 1))  # to every other rank
-    def combine(self, x_TD: np.ndarray, part_TD: np.ndarray, out_TD: np.ndarray, w_D: np.ndarray, eps) -> None:
-        """Per-rank partial sums -> full hidden: x += part(rank 0) + part(rank 1) + ..., bit-identical on
-        every rank; then out = rmsnorm(x) * w, the norm that follows every combine in the forward pass.
-        'shared': the partials meet in memory shared by the node's ranks, and one rank per node
-        exchanges its node's with the other nodes (an allgather among them); 'allgather': every rank
-        gathers every partial with MPI; both sum them in a fixed order here. 'allreduce' lets MPI sum."""
-        T, D = part_TD.shape
+    def partials(self, part_TD: np.ndarray):
+        """This rank's partial sums [T, D] -> every rank's: yields (rows, parts_RTD), parts_RTD[r] rank r's
+        partial sums of those rows (rank order, the same on every rank), in chunks that together cover
+        the T rows. 'shared': the partials meet in memory shared by the node's ranks (SHARED_ROWS rows
+        at a time), and one rank per node exchanges its node's with the other nodes (an allgather
+        among them); 'allgather': every rank gathers every partial with MPI; 'allreduce' lets MPI sum
+        them (one "rank" of sums, in MPI's order). A single rank yields its own."""
+        T = part_TD.shape[0]
         if self.size == 1:
-            parts_RTD = part_TD[None]
+            yield slice(0, T), part_TD[None]
         elif self.combine_method == "shared":
             for t0 in range(0, T, SHARED_ROWS):  # the window holds SHARED_ROWS rows of every rank
                 rows = slice(t0, min(T, t0 + SHARED_ROWS))
-                parts_RTD = self._exchange_shared(part_TD[rows])
-                add_partials(x_TD[rows], parts_RTD, out_TD[rows], w_D, eps)
-            return
-        elif self.combine_method == "allreduce":
-            self.world.Allreduce(MPI.IN_PLACE, part_TD, op=MPI.SUM)
-            parts_RTD = part_TD[None]
+                yield rows, self._exchange_shared(part_TD[rows])
         else:
-            if self._gathered is None or self._gathered.size < self.size * T * D:
-                self._gathered = np.empty(self.size * T * D, dtype=np.float32)
-            parts_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
-            self.world.Allgather(part_TD, parts_RTD)
-        add_partials(x_TD, parts_RTD, out_TD, w_D, eps)
+            yield slice(0, T), self._exchange_mpi(part_TD)
+
+    @_timed(lambda self, part_TD: part_TD.nbytes * (self.size - 1))  # to every other rank
+    def _exchange_mpi(self, part_TD: np.ndarray) -> np.ndarray:
+        T, D = part_TD.shape
+        if self.combine_method == "allreduce":
+            self.world.Allreduce(MPI.IN_PLACE, part_TD, op=MPI.SUM)
+            return part_TD[None]
+        if self._gathered is None or self._gathered.size < self.size * T * D:
+            self._gathered = np.empty(self.size * T * D, dtype=np.float32)
+        parts_RTD = self._gathered[: self.size * T * D].reshape(self.size, T, D)
+        self.world.Allgather(part_TD, parts_RTD)
+        return parts_RTD
 
     def _shared_slots(self, T: int, D: int) -> tuple[np.ndarray, np.ndarray]:
         """The two halves of a window shared by the node's ranks, each as slots [ranks, T, D] (T up to
@@ -162,6 +177,7 @@ class Comm:
         self._halves[T, D] = tuple(self._shared[h * half : h * half + need].reshape(self.size, T, D) for h in (0, 1))
         return self._halves[T, D]
 
+    @_timed(lambda self, part_TD: part_TD.nbytes * (self.size - 1))
     def _exchange_shared(self, part_TD: np.ndarray) -> np.ndarray:
         """This rank's partials into its slot of the next half of the window -> every rank's partials
         [ranks, T, D]. After the writes, the node's ranks see each other's slots (a barrier between

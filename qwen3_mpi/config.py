@@ -1,7 +1,5 @@
-"""Model configuration (global, as in config.json), run options, and the per-rank shard layout.
-
-Qwen3Config keeps Hugging Face names and global sizes. Per-rank sizes live only in ShardLayout.
-"""
+"""Model configuration, global, as in config.json: Qwen3Config keeps Hugging Face names and global sizes
+(per-rank sizes live only in model/plan.py's ShardLayout)."""
 
 from __future__ import annotations
 
@@ -10,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-
-COMBINE_KINDS = ("shared", "allgather", "allreduce")
 
 
 @dataclass(frozen=True)
@@ -130,67 +126,3 @@ def generation_defaults(model_dir: str | Path) -> dict:
     """generation_config.json as a dict ({} when the file is absent)."""
     path = Path(model_dir) / "generation_config.json"
     return read_json(path) if path.exists() else {}
-
-
-def balanced_range(n: int, parts: int, index: int) -> tuple[int, int]:
-    """[start, stop) of part `index` when n items are split into `parts` contiguous near-equal ranges."""
-    return n * index // parts, n * (index + 1) // parts
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """What rank `rank` of `size` holds. The sharding plan, in one place:
-
-    q_proj, k_proj, v_proj, gate_proj, up_proj: split by output rows (heads / FFN slice)
-    o_proj, down_proj:                          split by input columns (same heads / FFN slice)
-    embed_tokens, lm_head:                      split by vocabulary rows
-    norms:                                      replicated
-    Query heads are balanced contiguous ranges; a rank holds every KV head its query heads use, so
-    KV heads are replicated when size > num_key_value_heads.
-    """
-
-    rank: int
-    size: int
-    heads: tuple[int, int]  # global query heads [start, stop)
-    kv_heads: tuple[int, int]  # global KV heads [start, stop)
-    ffn: tuple[int, int]  # intermediate columns [start, stop)
-    vocab: tuple[int, int]  # vocabulary rows [start, stop)
-
-    @classmethod
-    def for_rank(cls, config: Qwen3Config, rank: int, size: int) -> ShardLayout:
-        if size > config.num_attention_heads:
-            raise UserError(
-                f"{size} ranks is more than num_attention_heads ({config.num_attention_heads}); "
-                f"run with at most {config.num_attention_heads} ranks"
-            )
-        h0, h1 = balanced_range(config.num_attention_heads, size, rank)
-        group = config.num_attention_heads // config.num_key_value_heads
-        return cls(
-            rank=rank,
-            size=size,
-            heads=(h0, h1),
-            kv_heads=(h0 // group, (h1 - 1) // group + 1),
-            ffn=balanced_range(config.intermediate_size, size, rank),
-            vocab=balanced_range(config.vocab_size, size, rank),
-        )
-
-    @property
-    def n_heads(self) -> int:
-        return self.heads[1] - self.heads[0]
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.kv_heads[1] - self.kv_heads[0]
-
-    @property
-    def n_ffn(self) -> int:
-        return self.ffn[1] - self.ffn[0]
-
-    @property
-    def n_vocab(self) -> int:
-        return self.vocab[1] - self.vocab[0]
-
-    def kv_head_of(self, config: Qwen3Config):
-        """Local KV head index used by each local query head (GQA), as a list."""
-        group = config.num_attention_heads // config.num_key_value_heads
-        return [h // group - self.kv_heads[0] for h in range(*self.heads)]

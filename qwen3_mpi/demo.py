@@ -65,15 +65,16 @@ def demo_path() -> Path:
     return cache_dir() / DEMO_NAME
 
 
-def ensure_demo(config: dict | None = None, target: Path | None = None) -> Path:
-    """The demo checkpoint directory, written first if absent (atomically: a temporary directory renamed)."""
+def ensure_demo(config: dict | None = None, target: Path | None = None, on_write=None) -> Path:
+    """The demo checkpoint directory, written first if absent (atomically: a temporary directory renamed);
+    on_write(n, total) after each n bytes of the total written."""
     target = target or demo_path()
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        write_random_checkpoint(tmp, config or QWEN3_0_6B, SEED)
+        write_random_checkpoint(tmp, config or QWEN3_0_6B, SEED, on_write)
         write_tokenizer(tmp)
         try:
             os.rename(tmp, target)
@@ -124,8 +125,9 @@ def _random_bf16(name: str, shape: tuple[int, ...], seed: int, std: float, chunk
         yield ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
-    """config.json, generation_config.json and model.safetensors, written one tensor at a time."""
+def write_random_checkpoint(directory: Path, cfg: dict, seed: int, on_write=None) -> None:
+    """config.json, generation_config.json and model.safetensors, written one tensor at a time;
+    on_write(n, total) after each n bytes of the tensors' total."""
     shapes = _tensor_shapes(cfg)
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in shapes.items():
@@ -137,9 +139,10 @@ def write_random_checkpoint(directory: Path, cfg: dict, seed: int) -> None:
     with open(directory / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape in shapes.items():
-            f.writelines(
-                block.tobytes() for block in _random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02))
-            )
+            for block in _random_bf16(name, shape, seed, cfg.get("initializer_range", 0.02)):
+                f.write(block.tobytes())
+                if on_write is not None:
+                    on_write(block.nbytes, offset)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
 

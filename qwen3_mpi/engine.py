@@ -11,12 +11,11 @@ from .comm import Comm
 from .model import Model
 from .sampling import Sampler, SamplingParams, candidates
 
-FINISH_REASONS = ("stop", "length", "context")
+# end-of-sequence or --stop text; max new tokens; cache full; Ctrl-C (commands/interrupt.py)
+FINISH_REASONS = ("stop", "length", "context", "interrupted")
 
 # "RANK:STEP": that rank raises at that decode step (for the tests that show a failing rank ends the job)
-_FAULT = (
-    tuple(int(v) for v in os.environ["QWEN3_MPI_FAULT"].split(":")) if os.environ.get("QWEN3_MPI_FAULT") else None
-)  # end-of-sequence or --stop text; max new tokens; cache full
+_FAULT = tuple(int(v) for v in os.environ["QWEN3_MPI_FAULT"].split(":")) if os.environ.get("QWEN3_MPI_FAULT") else None
 
 
 @dataclass
@@ -35,6 +34,7 @@ class Engine:
     def __init__(self, model: Model, comm: Comm):
         self.model, self.comm = model, comm
         self.v0 = model.layout.vocab[0]
+        self.interrupted = False  # rank 0: set (by a signal handler) to stop after the current token
 
     def _broadcast_ids(self, ids: list[int] | None) -> np.ndarray:
         n = self.comm.bcast_ints(np.array([len(ids) if ids is not None else 0], np.int64))[0]
@@ -87,6 +87,7 @@ class Engine:
         Generation; on_token(gen) is called on rank 0 after each new token and may return "stop".
         context_ids: the ids of the cached positions (for the repetition penalty; rank 0's are used)."""
         comm = self.comm
+        self.interrupted = False
         collective0 = comm.collective_s
         ids_T = self._broadcast_ids(prompt_ids)
         pos0 = int(comm.bcast_ints(np.array([pos0], np.int64))[0])
@@ -113,6 +114,8 @@ class Engine:
                     reason = "stop"
                 elif on_token is not None:
                     reason = on_token(gen)
+                if reason is None and self.interrupted:
+                    reason = "interrupted"
                 if reason is None and len(gen.output_ids) >= max_new_tokens:
                     reason = "length"
                 if reason is None and pos >= self.model.max_context:

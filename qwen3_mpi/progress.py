@@ -1,4 +1,5 @@
-"""Progress bars on rank 0's stderr: weights loading (the bytes of every rank) and long prefills.
+"""Progress on rank 0's stderr: weights loading (the bytes of every rank), writing the demo checkpoint,
+compiling the kernels (a spinner), long prefills.
 
 While loading, every other rank reports its progress to rank 0 with small non-blocking messages; rank 0
 folds them into one bar as it reads its own slices, then waits for each rank's last report. Every rank
@@ -10,16 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from contextlib import contextmanager
 
 _TAG = 7301  # MPI tag of the loading reports
 
 
-def wanted(args) -> bool:
-    """Bars unless --json or --no-progress; under mpirun stderr is a pipe even at a terminal, so a
-    terminal is recognized by TERM (set and not 'dumb') as well as by isatty."""
-    if getattr(args, "json", False) or not getattr(args, "progress", True):
-        return False
+def at_terminal() -> bool:
+    """Whether stderr is a terminal; under mpirun it is a pipe even at one, so a terminal is also
+    recognized by TERM (set and not 'dumb')."""
     term = os.environ.get("TERM", "")
     return sys.stderr.isatty() or (term != "" and term != "dumb")
 
@@ -49,17 +50,15 @@ class LoadProgress:
         self.rank, self.size = comm.rank, comm.size
         self.total = self.done = self._sent = 0
         self._bar = None
-        self._totals, self._dones, self._finals = {}, {}, set()
+        self._dones, self._finals = {}, set()
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, everyone: int) -> None:
+        """total: this rank's bytes; everyone: every rank's (rank 0's bar shows it from the start)."""
         self.total = total
         if not self.enabled:
             return
         if self.rank == 0:
-            self._totals[0] = total
-            self._bar = _bar(total, "loading weights", "B", leave=True)
-        else:
-            self._send(("total", total))
+            self._bar = _bar(everyone, "loading weights", "B", leave=True)
 
     def on_read(self, n: int) -> None:
         self.done += n
@@ -92,14 +91,9 @@ class LoadProgress:
     def _drain(self, block: bool) -> None:
         while (got := self.comm.receive_any(_TAG, block)) is not None:
             source, (kind, value) = got
-            if kind == "total":
-                self._totals[source] = value
-                if self._bar is not None:
-                    self._bar.total = sum(self._totals.values())
-            else:
-                self._dones[source] = value
-                if kind == "final":
-                    self._finals.add(source)
+            self._dones[source] = value
+            if kind == "final":
+                self._finals.add(source)
             block = False
         if self._bar is not None:
             self._bar.update(sum(self._dones.values()) - self._bar.n)  # redrawn at most every mininterval
@@ -122,3 +116,59 @@ def bar(enabled: bool, total: int, desc: str, unit: str):
         yield update
     finally:
         b.close()
+
+
+@contextmanager
+def spinner(enabled: bool, message: str, delay: float = 1.0):
+    """While the body runs (numba compiling, which holds no lock a thread needs): after `delay` seconds
+    a line `message ... 12 s` redrawn every 0.2 s, ended with the time it took; nothing for a body
+    quicker than `delay` (kernels loaded from numba's cache)."""
+    if not enabled:
+        yield
+        return
+    done = threading.Event()
+    t0 = time.monotonic()
+    shown = []
+
+    def spin():
+        if done.wait(delay):
+            return
+        frames = "|/-\\"
+        i = 0
+        while not done.wait(0.2):
+            sys.stderr.write(f"\r{message} {frames[i % 4]} {time.monotonic() - t0:.0f} s")
+            sys.stderr.flush()
+            shown.append(True)
+            i += 1
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        if shown:
+            sys.stderr.write(f"\r{message}: done in {time.monotonic() - t0:.0f} s\033[K\n")
+            sys.stderr.flush()
+
+
+@contextmanager
+def bytes_bar(enabled: bool, desc: str):
+    """A bar of bytes whose total the writer gives: yields on_write(n, total), or None when not enabled."""
+    if not enabled:
+        yield None
+        return
+    b = None
+
+    def on_write(n: int, total: int) -> None:
+        nonlocal b
+        if b is None:
+            b = _bar(total, desc, "B")
+        b.update(n)
+
+    try:
+        yield on_write
+    finally:
+        if b is not None:
+            b.close()

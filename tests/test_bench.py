@@ -7,7 +7,7 @@ import sys
 
 from conftest import ROOT, run_cli
 
-from qwen3_mpi.config import COMBINE_KINDS
+from qwen3_mpi.options import COMBINE_KINDS
 
 
 def test_bench_command_writes_json_lines(checkpoints, tmp_path):

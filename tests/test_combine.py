@@ -1,4 +1,4 @@
-"""Comm.combine under mpirun: every method, on every rank, gives x + (part_0 + part_1 + ...) summed in rank
+"""combine (model/layer.py) under mpirun: every method, on every rank, gives x + (part_0 + part_1 + ...) summed in rank
 order, for row counts below, at and above the shared window's SHARED_ROWS."""
 
 import subprocess
@@ -13,9 +13,11 @@ SCRIPT = textwrap.dedent(
     import hashlib
     import numpy as np
     from qwen3_mpi.comm import SHARED_ROWS, Comm
-    from qwen3_mpi.config import COMBINE_KINDS
+    from qwen3_mpi.model.layer import combine
+    from qwen3_mpi.options import COMBINE_KINDS
 
-    comm = Comm()
+    comms = {method: Comm(combine=method) for method in COMBINE_KINDS}
+    comm = comms["shared"]
     D, eps = 96, np.float32(1e-6)
     w = np.random.default_rng(99).standard_normal(D, dtype=np.float32)
     for T in (1, 5, SHARED_ROWS, 2 * SHARED_ROWS + 22, 3):
@@ -28,10 +30,9 @@ SCRIPT = textwrap.dedent(
         ms = np.mean(want.astype(np.float64) ** 2, axis=1, keepdims=True)
         want_out = w * (want / np.sqrt(ms + eps))
         for method in COMBINE_KINDS:
-            comm.combine_method = method
             for repeat in range(3):  # the shared window's two halves in turn
                 x, out = x0.copy(), np.empty_like(x0)
-                comm.combine(x, parts[comm.rank].copy(), out, w, eps)
+                combine(comms[method], x, parts[comm.rank].copy(), out, w, eps)
                 digests = comm.allgather(hashlib.sha256(x.tobytes() + out.tobytes()).hexdigest())
                 assert len(set(digests)) == 1, (method, T)
                 if method != "allreduce":  # MPI's own sum order is not promised

@@ -14,9 +14,10 @@ import pytest
 from conftest import PROMPT_IDS, ROOT
 
 from qwen3_mpi.comm import Comm
-from qwen3_mpi.config import Qwen3Config, ShardLayout
+from qwen3_mpi.config import Qwen3Config
 from qwen3_mpi.kernels.decode import FAILED, PATIENCE, barrier, barrier_state
-from qwen3_mpi.model import Model, load_shard
+from qwen3_mpi.model import Model, ShardLayout, load_shard
+from qwen3_mpi.options import RunOptions
 from qwen3_mpi.weights import Checkpoint
 
 LONG = 1030  # past attention.SPLIT (1,024) cached positions: streaming decode splits the context in spans
@@ -26,9 +27,8 @@ def _model(directory, attention: str, kv_dtype: str, context: int) -> Model:
     config = Qwen3Config.from_hf(directory)
     layout = ShardLayout.for_rank(config, 0, 1)
     weights = load_shard(Checkpoint(directory), config, layout)
-    return Model(
-        config, layout, weights, Comm(), attention=attention, max_context=context, max_tokens=64, kv_dtype=kv_dtype
-    )
+    options = RunOptions(attention=attention, kv_cache_dtype=kv_dtype)
+    return Model(config, layout, weights, Comm(), options, max_context=context, max_tokens=64)
 
 
 def _decode(model: Model, prompt: list[int]) -> np.ndarray:
@@ -98,11 +98,12 @@ def test_a_region_whose_threads_cannot_all_run_raises(checkpoints):
 NODE_SCRIPT = """
 import sys, time
 import numba, numpy as np
-import qwen3_mpi.model
+import qwen3_mpi.model.layer
 from qwen3_mpi.comm import Comm
-from qwen3_mpi.config import Qwen3Config, ShardLayout
+from qwen3_mpi.config import Qwen3Config
 from qwen3_mpi.kernels.decode import PATIENCE
-from qwen3_mpi.model import Model, load_shard
+from qwen3_mpi.model import Model, ShardLayout, load_shard
+from qwen3_mpi.options import RunOptions
 from qwen3_mpi.weights import Checkpoint
 
 numba.set_num_threads(1)
@@ -111,8 +112,8 @@ comm = Comm()
 config = Qwen3Config.from_hf(directory)
 layout = ShardLayout.for_rank(config, comm.rank, comm.size)
 model = Model(config, layout, load_shard(Checkpoint(directory), config, layout), comm,
-              attention="streaming", max_context=64, max_tokens=16)
-lines = [f"one region {model.regions and model._node_region()}"]
+              RunOptions(attention="streaming"), max_context=64, max_tokens=16)
+lines = [f"one region {model.regions and model.node_region}"]
 model.forward(np.array([3, 17, 101, 7, 250, 42]), 0)
 model.forward(np.array([5]), 6)  # compiled, and run once in lockstep
 comm.barrier()
@@ -120,8 +121,8 @@ if comm.rank == 0:
     model.node_sync[PATIENCE] = 100_000_000  # cycles: well under a second
 comm.barrier()
 if comm.rank == late:  # this rank enters the region 3 s after the other
-    region = qwen3_mpi.model.layers_region
-    qwen3_mpi.model.layers_region = lambda *args: (time.sleep(3), region(*args))
+    region = qwen3_mpi.model.layer.layers_region
+    qwen3_mpi.model.layer.layers_region = lambda *args: (time.sleep(3), region(*args))
 try:
     model.forward(np.array([9]), 7)
     lines.append("no error")

@@ -5,8 +5,9 @@ import itertools
 import pytest
 from conftest import CONFIGS_DIR
 
-from qwen3_mpi.config import Qwen3Config, ShardLayout
+from qwen3_mpi.config import Qwen3Config
 from qwen3_mpi.errors import UserError
+from qwen3_mpi.model import ShardLayout
 
 MODELS = ["Qwen3-0.6B", "Qwen3-8B", "Qwen3-14B", "Qwen3-32B"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli, write_checkpoint
 
-from qwen3_mpi.config import COMBINE_KINDS
+from qwen3_mpi.options import COMBINE_KINDS
 
 TOLERANCE = 1e-3
 # A bf16 cache rounds each key and value; where ours and transformers' float32 value straddle a rounding

@@ -82,8 +82,8 @@ def test_truncated_file(tmp_path):
 @pytest.mark.parametrize("name", ["tied-gqa2-bf16", "untied-gqa1-f32", "gqa4-sharded-bf16"])
 def test_planned_bytes_are_the_bytes_read(checkpoints, name):
     """shard_nbytes (the progress bar's total) equals what load_shard reads, on every rank of N."""
-    from qwen3_mpi.config import Qwen3Config, ShardLayout
-    from qwen3_mpi.model import load_shard, shard_nbytes
+    from qwen3_mpi.config import Qwen3Config
+    from qwen3_mpi.model import ShardLayout, load_shard, shard_nbytes
 
     directory, _ = checkpoints[name]
     config = Qwen3Config.from_hf(directory)

@@ -36,11 +36,11 @@ def attention_standard(out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, 
     """out[t, h*K:(h+1)*K] = softmax(q_th . K[:n]^T * scale) @ V[:n], n = pos0 + t + 1.
     Cost: 2 * n * K flops per (t, h) for the scores and as many for V; reads K and V once per (t, h)."""
     for th in prange(out_TO.shape[0] * kv_of_H.shape[0]):
-        _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch)
+        standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch)
 
 
 @njit(fastmath=True, cache=True)
-def _standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch):
+def standard_row(th, out_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, scratch):
     """attention_standard's output row of task th = (query t, head h), t = th // H."""
     H = kv_of_H.shape[0]
     K = k_cache_GSK.shape[2]
@@ -157,11 +157,11 @@ def attention_streaming(
     merges them at the end, as flash-decoding does, so that a rank with fewer KV heads than threads
     still keeps every thread reading; how a context is split depends on its length only, never on the
     number of threads."""
-    jobs, n_sp, span, parts = _streaming_plan(
+    jobs, n_sp, span, parts = streaming_plan(
         out_TO.shape[0], heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split
     )
     for job in prange(jobs):
-        _streaming_job(
+        streaming_job(
             job,
             out_TO,
             qkv_TO,
@@ -182,7 +182,7 @@ def attention_streaming(
 
 
 @njit(cache=True, inline="always")
-def _streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split):
+def streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split):
     """(jobs, spans, span, parts) of attention_streaming: its tasks, how a decode step's context is cut
     into spans and the spans' partial states (parts_X as [task, row, K + 2])."""
     G = heads_of_G.shape[0] - 1
@@ -198,7 +198,7 @@ def _streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, sp
 
 
 @njit(fastmath=True, cache=True)
-def _streaming_job(
+def streaming_job(
     job, out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, block, qblock, n_sp, span, parts
 ):
     """Task `job` of attention_streaming: one KV head, a block of queries, one span."""
@@ -241,7 +241,7 @@ def _streaming_job(
 
 @njit(cache=True, inline="always")
 def _block_scores(k_cache_GSK, qkv_TO, g, s0, n, pos0, t0, nq, h0, heads, sc, scale):
-    """_streaming_job's scores of a block, each K row read once for all the task's rows: kv_block's
+    """streaming_job's scores of a block, each K row read once for all the task's rows: kv_block's
     vector code at head_dim VECTOR_K (it scores the positions past a query too), numba loops else."""
     K = k_cache_GSK.shape[2]
     if K == VECTOR_K:
@@ -284,11 +284,11 @@ def _merge_spans(out_TO, parts, heads_of_G, qblock, n_sp):
     """out rows from the spans' partial states (parts[task] = output, m, l of the task's rows): the
     output sum(out_s exp(m_s - M)) / sum(l_s exp(m_s - M)), M the largest m_s, in span order."""
     for pair in prange((out_TO.shape[0] + qblock - 1) // qblock * (heads_of_G.shape[0] - 1)):
-        _merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp)
+        merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp)
 
 
 @njit(fastmath=True, cache=True)
-def _merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp):
+def merge_pair(pair, out_TO, parts, heads_of_G, qblock, n_sp):
     """_merge_spans' rows of one (query block, KV head) pair."""
     T = out_TO.shape[0]
     G = heads_of_G.shape[0] - 1
@@ -436,9 +436,6 @@ def attention_streaming_blocks(
         _write_rows(out_TO, acc, l, h0, t0, nq)
 
 
-ATTENTION_KERNELS = ("standard", "streaming")
-
-
 def streaming(out_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, scratch, parts, block, qblock):
     """Streaming attention: tiles multiplied by sgemm for many queries, the row kernel for few.
     scratch: per thread, streaming_scratch_size floats; parts: span_partials_floats floats."""
@@ -469,6 +466,3 @@ def span_partials_floats(kv_heads: int, group: int, head_dim: int) -> int:
 def heads_of_kv(kv_of_H: np.ndarray, n_kv: int) -> np.ndarray:
     """Offsets [G + 1]: the query heads of KV head g are heads_of_G[g] .. heads_of_G[g + 1] - 1."""
     return np.searchsorted(kv_of_H, np.arange(n_kv + 1)).astype(np.int64)
-
-
-__all__ = ["ATTENTION_KERNELS", "attention_standard", "attention_streaming", "streaming_scratch_size"]

@@ -36,14 +36,32 @@ one thread, which would wait forever, so `regions_work` tells whether to use the
 """
 
 import functools
+from collections import namedtuple
 
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from .attention import SPLIT, _merge_pair, _standard_row, _streaming_job, _streaming_plan
+from .attention import SPLIT, merge_pair, standard_row, streaming_job, streaming_plan
 from .linear import matvec_share, task_units
 from .llvm_ir import atomic_add, atomic_load, atomic_store, cycle_count, spin_pause
 from .ops import add_partials_serial, qk_norm_rope_head, silu_mul_range
+
+# the steps of one layer as layers_region runs them, in model/layer.py's decoder_layer terms: the model
+# runs every layer in the region only if decoder_layer's steps are these
+LAYERS_REGION_STEPS = ("attention", "combine", "mlp", "combine")
+
+# the attention forms a region runs (kernels/registry.py gives each kernel one): a row of standard
+# attention per (query, head), or streaming attention's jobs per (KV head, span) and their merge
+ROWS, SPANS = 0, 1
+
+# what every layer of a decode step shares, as the regions' kernels (linear, ops, attention) take it:
+# the step's buffers, the RoPE tables, its first position, the norms' eps, the attention form and the
+# kernel's context (registry.AttentionContext's fields)
+DecodeStep = namedtuple(
+    "DecodeStep",
+    "h_TD qkv_TO attn_TO part_TD cos_PK2 sin_PK2 pos0 eps form kv_of_H heads_of_G scale attn_scratch block qblock "
+    "scratch",
+)
 
 SYNC_INT64 = 32  # the barriers' state: arrivals [0], generation [8], failed [16], patience [24]
 FAILED = 16
@@ -91,17 +109,19 @@ def _share(part, parts, n):
 
 @njit(inline="always")
 def _plan(step, k_cache_GSK, parts_X):
-    """_streaming_plan of this step (standard attention: one span, no partial states)."""
-    T, pos0, standard, heads_of_G, block, qblock = step[1].shape[0], step[6], step[8], step[10], step[13], step[14]
-    split = k_cache_GSK.shape[1] if standard else SPLIT
-    return _streaming_plan(T, heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split)
+    """streaming_plan of this step (the ROWS form: one span, no partial states)."""
+    split = k_cache_GSK.shape[1] if step.form == ROWS else SPLIT
+    T = step.qkv_TO.shape[0]
+    return streaming_plan(T, step.heads_of_G, k_cache_GSK, step.pos0, step.block, step.qblock, parts_X, split)
 
 
 @njit(fastmath=True, cache=True)
 def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w):
     """Worker `worker`'s share of attention_half; plan: _plan's (jobs, spans, span, parts)."""
-    h_TD, qkv_TO, attn_TO, part_TD, cos_PK2, sin_PK2, pos0, eps, standard, kv_of_H, heads_of_G = step[:11]
-    scale, attn_scratch, block, qblock, scratch = step[11:]
+    h_TD, qkv_TO, attn_TO, part_TD, scratch = step.h_TD, step.qkv_TO, step.attn_TO, step.part_TD, step.scratch
+    cos_PK2, sin_PK2, pos0, eps, standard = step.cos_PK2, step.sin_PK2, step.pos0, step.eps, step.form == ROWS
+    kv_of_H, heads_of_G, scale, attn_scratch = step.kv_of_H, step.heads_of_G, step.scale, step.attn_scratch
+    block, qblock = step.block, step.qblock
     T = qkv_TO.shape[0]
     H = kv_of_H.shape[0]
     G = heads_of_G.shape[0] - 1
@@ -126,11 +146,11 @@ def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_
     if standard:
         a, b = _share(worker, threads, T * H)
         for th in range(a, b):
-            _standard_row(th, attn_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, attn_scratch)
+            standard_row(th, attn_TO, qkv_TO, kv_of_H, k_cache_GSK, v_cache_GSK, pos0, scale, attn_scratch)
     else:
         a, b = _share(worker, threads, jobs)
         for job in range(a, b):
-            _streaming_job(
+            streaming_job(
                 *(job, attn_TO, qkv_TO, heads_of_G, k_cache_GSK, v_cache_GSK, pos0, scale, attn_scratch),
                 *(block, qblock, n_sp, span, parts),
             )
@@ -138,7 +158,7 @@ def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_
             barrier(sync, threads)
             a, b = _share(worker, threads, (T + qblock - 1) // qblock * G)
             for pair in range(a, b):
-                _merge_pair(pair, attn_TO, parts, heads_of_G, qblock, n_sp)
+                merge_pair(pair, attn_TO, parts, heads_of_G, qblock, n_sp)
     barrier(sync, threads)
     matvec_share(worker, threads, part_TD, attn_TO, o_w, scratch)
 
@@ -146,7 +166,7 @@ def _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_
 @njit(fastmath=True, cache=True)
 def _mlp_block(worker, threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
     """Worker `worker`'s share of mlp_half."""
-    h_TD, part_TD, scratch = step[0], step[3], step[-1]
+    h_TD, part_TD, scratch = step.h_TD, step.part_TD, step.scratch
     T, F = act_TF.shape
     matvec_share(worker, threads, gu_TO, h_TD, gate_up_w, scratch)
     width, q = task_units(gate_up_w)
@@ -169,9 +189,7 @@ def _mlp_block(worker, threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
 def attention_half(threads, sync, step, parts_X, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w):
     """An attention block for a few tokens (matvec sizes), by `threads` threads (numba's number): qkv =
     h @ qkv_w.T; q/k norm, RoPE, k and v into the cache; attention (standard, or streaming's row kernel
-    with its spans) into attn; part = attn @ o_w.T. step: what every layer of a step shares, (h, qkv,
-    attn, part, cos, sin, pos0, eps, standard, kv_of_H, heads_of_G, scale, attn_scratch, block, qblock,
-    scratch) as the kernels it runs (linear, ops, attention) take them."""
+    with its spans) into attn; part = attn @ o_w.T. step: a DecodeStep."""
     plan = _plan(step, k_cache_GSK, parts_X)
     for worker in prange(threads):
         _attention_block(worker, threads, sync, step, plan, qkv_w, q_norm_K, k_norm_K, k_cache_GSK, v_cache_GSK, o_w)
@@ -186,21 +204,22 @@ def mlp_half(threads, sync, step, gu_TO, gate_up_w, act_TF, down_w):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def layers_region(threads, sync, node, steps, parts_X, layers, k_LGSK, v_LGSK, gu_TO, act_TF, x_TD, slots):
+def layers_region(threads, sync, node, step_a, step_m, parts_X, layers, k_LGSK, v_LGSK, gu_TO, act_TF, x_TD, slots):
     """Every layer in one region, on a single rank or on each of the ranks of one node: per layer
     attention_half; the combine: every rank's partial sums summed in rank order into x, h = the
     post-attention norm of x (on one thread of each rank); mlp_half; the combine, h = the next norm.
-    steps: two of attention_half's step, whose partial sums (step[3]) are this rank's slot of slots[0]
+    step_a, step_m: two DecodeSteps (separate arguments: numba's parallel regions cannot unpack a tuple
+    of named tuples), whose partial sums (part_TD) are this rank's slot of slots[0]
     (the attention blocks') and of slots[1] (the MLP blocks'); slots: two [ranks, T, D], which several
     ranks share (the combine's window, Comm.node_slots), a single rank's partial sums [1, T, D] twice.
+    Per layer it runs LAYERS_REGION_STEPS.
     node: (sync, count), the barrier of every thread of every rank, before each combine. A rank writes
     a slot again only after the barrier of the other slots, which every rank reaches after its sum
     over this one. layers: layer_stacks, each a typed list of the layers' arrays."""
     qkv_ws, o_ws, gate_up_ws, down_ws, q_norms, k_norms, post_norms, next_norms = layers
     node_sync, everyone = node
-    step_a, step_m = steps
     slots_a, slots_m = slots
-    h_TD, eps = step_a[0], step_a[7]
+    h_TD, eps = step_a.h_TD, step_a.eps
     plan = _plan(step_a, k_LGSK[0], parts_X)
     for worker in prange(threads):
         for i in range(len(qkv_ws)):
