@@ -124,7 +124,10 @@ def _add_run_options(p, model_required: bool, attention: bool = True) -> None:
     )
 
 
-def _add_generation_options(p) -> None:
+def _add_generation_options(p, context: str, json: str) -> None:
+    """Flags of generate and chat; context, json: what --max-context and --json mean for the command."""
+    p.add_argument("--max-context", type=_positive, help=f"KV cache positions ({context})")
+    p.add_argument("--json", action="store_true", help=json)
     p.add_argument("-s", "--system", help="system message for the chat template")
     think = p.add_mutually_exclusive_group()
     think.add_argument(
@@ -168,24 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-ids", type=_ids, help="prompt as token ids, e.g. 1,2,3 (no template, no tokenizer needed)"
     )
     g.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt text as is")
-    _add_generation_options(g)
-    g.add_argument(
-        "--max-context",
-        type=_positive,
-        help="KV cache positions (default: prompt + new tokens; at most max_position_embeddings)",
+    _add_generation_options(
+        g,
+        context="default: prompt + new tokens; at most max_position_embeddings",
+        json="print one JSON object (ids, text, timings) instead of text; stderr only for errors",
     )
-    g.add_argument("--json", action="store_true", help="print one JSON object (ids, text, timings) instead of text")
     g.epilog = "Without -p, -f or --prompt-ids, the prompt is read from standard input."
 
     c = command("chat", help="interactive chat on rank 0's stdin (/reset, /exit)")
     _add_run_options(c, model_required=False)
-    _add_generation_options(c)
-    c.add_argument(
-        "--max-context",
-        type=_positive,
-        help="KV cache positions for the whole conversation (default 4096, at most max_position_embeddings)",
+    _add_generation_options(
+        c,
+        context="for the whole conversation; default 4096, at most max_position_embeddings",
+        json="one JSON object per answer instead of streamed text; stderr only for errors",
     )
-    c.add_argument("--json", action="store_true", help="one JSON object per answer instead of streamed text")
 
     lg = command("logits", help="write the logits of every prompt position to a .npy file")
     _add_run_options(lg, model_required=True)
@@ -226,6 +225,7 @@ def parse(argv=None):
         max_context=getattr(args, "max_context", None),
         profile=args.profile,
         progress=args.progress and not as_json and at_terminal(),
+        quiet=as_json,
     )
     if args.command in ("generate", "chat"):
         text = TextOptions(

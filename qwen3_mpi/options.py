@@ -32,7 +32,8 @@ class RunOptions:
     """How the engine runs: the attention kernel (kernels/registry.py's name), its KV block, the KV
     cache's element type, how ranks combine partial sums, threads per rank (None: the node's cores
     shared among its ranks), prompt tokens per forward call, KV cache positions (None: the command
-    sizes it), per-phase profiling, progress bars on rank 0's stderr."""
+    sizes it), per-phase profiling, progress bars on rank 0's stderr, and quiet: nothing on stderr but
+    errors (--json)."""
 
     attention: str = "streaming"
     block_size: int = 256
@@ -43,6 +44,7 @@ class RunOptions:
     max_context: int | None = None
     profile: bool = False
     progress: bool = True
+    quiet: bool = False
 
     def __post_init__(self):
         _choice("--attention", self.attention, tuple(ATTENTION))

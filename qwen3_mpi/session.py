@@ -59,7 +59,7 @@ class Session:
         return self.engine.generate(prompt_ids, max_new_tokens, params, sampler, set(stop_ids))
 
 
-def model_dir(model: str | None, comm: Comm, show: bool) -> Path:
+def model_dir(model: str | None, comm: Comm, options: RunOptions) -> Path:
     """The checkpoint directory -m names, or the demo checkpoint (written once per node) without -m."""
     if model is not None:
         path = Path(model).expanduser()
@@ -68,11 +68,13 @@ def model_dir(model: str | None, comm: Comm, show: bool) -> Path:
     from .demo import demo_path, ensure_demo
 
     path = demo_path()
-    if not (path / "config.json").exists():
+    if not (path / "config.json").exists() and not options.quiet:
         say(comm, f"no -m given: writing the demo checkpoint (Qwen3-0.6B shape, random weights) to {path}")
     # one writer per node (the cache may be node-local), everyone waits for it; rank 0 shows its writing
-    with progress.bytes_bar(show and comm.is_root, "writing demo checkpoint") as on_write:
+    with progress.bytes_bar(options.progress and comm.is_root, "writing demo checkpoint") as on_write:
         comm.agree(lambda: _write_demo(ensure_demo, on_write) if comm.local_rank == 0 else None)
+    if options.quiet:
+        return path
     say(
         comm,
         f"no -m given: using {path}: Qwen3-0.6B architecture with RANDOM weights and a made-up "
@@ -105,7 +107,7 @@ def read_config(path: Path, comm: Comm) -> Qwen3Config:
     return comm.agree(Qwen3Config.from_hf, path)
 
 
-def set_threads(comm: Comm, threads: int | None) -> int:
+def set_threads(comm: Comm, threads: int | None, warn: bool = True) -> int:
     """Threads for numba and BLAS: `threads`, else this node's cores shared among the ranks on it. Rank 0
     warns once when a node runs more threads than it has cores (every thread then waits for another)."""
     # the CPUs this rank may run on, shared with every rank on the node whose CPUs overlap them (all of
@@ -125,7 +127,7 @@ def set_threads(comm: Comm, threads: int | None) -> int:
     threadpool_limits(1 if SGEMM is not None else threads)
     cores = len(set().union(*node))
     hosts = comm.allgather((socket.gethostname(), comm.local_size, threads, cores))
-    if comm.is_root:
+    if comm.is_root and warn:
         for host, ranks, per_rank, n in dict.fromkeys(hosts):
             if ranks * per_rank > n:
                 say(
@@ -152,7 +154,7 @@ def load(
     (default and at most options.prefill_chunk)."""
     options = options or RunOptions()
     comm = comm or Comm(combine=options.combine, profile=options.profile)
-    threads = set_threads(comm, options.threads)
+    threads = set_threads(comm, options.threads, warn=not options.quiet)
     path = Path(path).expanduser()
     config = config or read_config(path, comm)
     limit = config.max_position_embeddings

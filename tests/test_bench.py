@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, run_cli
 
 from qwen3_mpi.options import COMBINE_KINDS
+
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
 
 
 def test_bench_command_writes_json_lines(checkpoints, tmp_path):

@@ -184,7 +184,9 @@ def test_only_pickle_weights_are_refused_unread(f32_copy):
 def test_prompt_longer_than_the_context(f32_copy):
     ids = ",".join(["5"] * 300)  # max_position_embeddings is 256
     proc = run_cli(["generate", "-m", str(f32_copy), "--prompt-ids", ids], ranks=2, timeout=TIMEOUT)
-    assert_clean_failure(proc, "the prompt has 300 tokens, leaving no room in a context of 256")
+    assert_clean_failure(
+        proc, "the prompt (300 tokens) + -n 128 = 428 positions exceed the model's max_position_embeddings (256)"
+    )
 
 
 def test_unreadable_tokenizer(f32_copy):

@@ -20,6 +20,8 @@ from qwen3_mpi.model import Model, ShardLayout, load_shard
 from qwen3_mpi.options import RunOptions
 from qwen3_mpi.weights import Checkpoint
 
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
+
 LONG = 1030  # past attention.SPLIT (1,024) cached positions: streaming decode splits the context in spans
 
 

@@ -9,6 +9,8 @@ import psutil
 import pytest
 from conftest import ROOT, SMALL_DEMO_CONFIG, rank_processes
 
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
+
 LIMIT = 30  # seconds from the fault to the end of the job
 STARTUP = 240  # seconds for start-up (a fresh checkout compiles the kernels first) and the fault
 

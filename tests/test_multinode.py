@@ -16,6 +16,8 @@ import psutil
 import pytest
 from conftest import FIGURES, GREEDY_TOKENS, PROMPT_IDS, ROOT, SMALL_DEMO_CONFIG, rank_processes
 
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
+
 SCRIPT = ROOT / "scripts" / "simcluster.sh"
 THREADS = ["--threads", "1"]  # the simulated nodes share this machine's cores
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from conftest import CONFIGS_DIR, FIGURES, run_cli
 
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
+
 PROMPT = [151644, 872, 198, 9707, 11, 1879, 0, 151645, 198, 151644, 77091, 198]
 
 

@@ -10,6 +10,8 @@ from conftest import CHECKPOINTS, FIGURES, GREEDY_TOKENS, PROMPT_IDS, run_cli, w
 
 from qwen3_mpi.options import COMBINE_KINDS
 
+pytestmark = pytest.mark.slow  # outside the fast subset: python -m pytest -m "not slow"
+
 TOLERANCE = 1e-3
 # A bf16 cache rounds each key and value; where ours and transformers' float32 value straddle a rounding
 # boundary, one rounds up and the other down (a bf16 ulp, 2^-8 relative): measured up to 1.2e-3 in the

@@ -25,7 +25,7 @@ def _fail(message: str):
 
 
 def run(cmd: BenchCommand, options: RunOptions, comm) -> int:
-    path = session.model_dir(cmd.model, comm, options.progress)
+    path = session.model_dir(cmd.model, comm, options)
     config = session.read_config(path, comm)
     context = cmd.prompt_len + cmd.gen_len
     if context > config.max_position_embeddings:

@@ -32,14 +32,14 @@ def _setup(cmd: ChatCommand, path):
 
 
 def run(cmd: ChatCommand, options: RunOptions, comm) -> int:
-    path = session.model_dir(cmd.model, comm, options.progress)
+    path = session.model_dir(cmd.model, comm, options)
     config = session.read_config(path, comm)
     setup = comm.agree(lambda: _setup(cmd, path) if comm.is_root else None)
     max_context = options.max_context or min(CHAT_CONTEXT, config.max_position_embeddings)
     s = session.load(path, replace(options, max_context=max_context), comm, config=config)
     if not comm.is_root:
-        while comm.bcast(None):  # rank 0 says whether another turn follows
-            with stop_on_interrupt(None):
+        with stop_on_interrupt(None):  # Ctrl-C is rank 0's to act on
+            while comm.bcast(None):  # rank 0 says whether another turn follows
                 s.engine.generate(None, 0, None, None, set())
         return 0
     tokenizer, defaults, params, seed = setup
@@ -52,7 +52,14 @@ def run(cmd: ChatCommand, options: RunOptions, comm) -> int:
     options_t = prompting.template_options(cmd.text)
     system = [{"role": "system", "content": cmd.text.system}] if cmd.text.system else []
     messages, cached = list(system), []  # cached: the ids whose keys and values are in the cache
-    while (line := _read_line(marker=not quiet)) is not None:
+    interrupted = False
+    while True:
+        try:
+            line = _read_line(marker=not quiet)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+            line, interrupted = None, True
+        if line is None:
+            break
         text = line.strip()
         if not text:
             continue
@@ -95,7 +102,7 @@ def run(cmd: ChatCommand, options: RunOptions, comm) -> int:
         if gen.finish_reason == "context":
             _problem(quiet, f"context full ({max_context} positions): /reset to start a new conversation")
     comm.bcast(False)  # the other ranks leave their loop (on an error, the job is aborted instead)
-    return 0
+    return 130 if interrupted else 0
 
 
 def _problem(quiet: bool, message: str) -> None:

@@ -49,7 +49,7 @@ def _request(cmd: GenerateCommand, options: RunOptions, path, config: Qwen3Confi
 
 
 def run(cmd: GenerateCommand, options: RunOptions, comm) -> int:
-    path = session.model_dir(cmd.model, comm, options.progress)
+    path = session.model_dir(cmd.model, comm, options)
     config = session.read_config(path, comm)
     # rank 0 alone: tokenizer, prompt, sampling and stops
     req = comm.agree(lambda: _request(cmd, options, path, config) if comm.is_root else None)

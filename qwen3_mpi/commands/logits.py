@@ -26,7 +26,7 @@ def _check(cmd: LogitsCommand, config: Qwen3Config, out: Path) -> None:
 
 
 def run(cmd: LogitsCommand, options: RunOptions, comm) -> int:
-    path = session.model_dir(cmd.model, comm, options.progress)
+    path = session.model_dir(cmd.model, comm, options)
     config = session.read_config(path, comm)
     out = Path(cmd.output)
     comm.agree(lambda: _check(cmd, config, out) if comm.is_root else None)

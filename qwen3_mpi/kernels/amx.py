@@ -5,7 +5,8 @@ instruction). The weights are bf16 already; an activation x is split into three 
 x = hi + mid + lo with hi = bf16(x), mid = bf16(x - hi), lo = bf16(x - hi - mid), which hold its 24
 significant bits, so W @ x = W @ hi + W @ mid + W @ lo accumulated in float32 has the error of a float32
 product (measured: max error 1.2-3e-6 against float64 where sgemm has 2-2.6e-6). Three passes over the
-bf16 units still run at 3.5-4x the float32 sgemm rate on the same cores.
+bf16 units still run faster than float32 sgemm on the same cores (docs/benchmarks.md, 'Kernel
+measurements').
 
 Layout: the activation tile (A) is 16 tokens x 32 columns of one part, read from the split's rows; the
 weight tile (B) must be "VNNI" pairs (column pairs interleaved per output), so the weights are packed
@@ -277,7 +278,7 @@ def tile_products(y_TO, t0, parts_PTI, wv_BSKOJ, i0, accumulate, c_TQX):
                 at = (TOKENS * n) * width + STEP * s  # parts[p, 32n, 32s]
                 for p in range(P):
                     # each A tile is loaded right before its two products, whose order frees the
-                    # register early for the next load (twice the rate of loading both first)
+                    # register early for the next load (faster than loading both first: docs/benchmarks.md)
                     tile_load(2, parts_PTI, at, width)
                     tile_dpbf16ps(4, 2, 0)
                     tile_dpbf16ps(5, 2, 1)

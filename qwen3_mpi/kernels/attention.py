@@ -127,7 +127,7 @@ def _write_rows(out_TO, acc, l, h0, t0, nq):
         h = h0 + r // nq
         t = t0 + r % nq
         inv = np.float32(1.0) / l[r]
-        o, a = out_TO[t, h * K : (h + 1) * K], acc[r]  # 1-d views: the loop vectorizes (5x faster)
+        o, a = out_TO[t, h * K : (h + 1) * K], acc[r]  # 1-d views: the loop vectorizes
         for i in range(K):
             o[i] = a[i] * inv
 
@@ -149,14 +149,14 @@ def attention_streaming(
     heads (heads_of_G[g] to heads_of_G[g + 1]), a block of up to qblock queries and one span of about
     `split` cached positions (whole blocks, at most MAX_SPLITS spans): it walks its visible KV positions
     `block` at a time, keeping per (head, query) row a running max m, denominator l and unnormalized
-    output. Each K and V row is read once per task, for every row that sees it, and prefetched KV_AHEAD
-    positions ahead (decode at 1,000-16,000 positions: 16-25% faster than walking the block once per
-    row, measured alternating in one process); the first V rows of a block are prefetched before its K
-    pass (4-11% faster at 128-4,096 positions). A decode step (T = 1) with several spans (a context
-    longer than `split`) keeps each span's (output, m, l) in parts_X (span_partials_floats of them) and
-    merges them at the end, as flash-decoding does, so that a rank with fewer KV heads than threads
-    still keeps every thread reading; how a context is split depends on its length only, never on the
-    number of threads."""
+    output. Each K and V row is read once per task, for every row that sees it (rather than walking the
+    block once per row), and prefetched KV_AHEAD positions ahead; the first V rows of a block are
+    prefetched before its K pass, so that the V pass starts on rows already on their way (both faster on
+    the machines measured: docs/benchmarks.md, 'Kernel measurements'). A decode step (T = 1) with
+    several spans (a context longer than `split`) keeps each span's (output, m, l) in parts_X
+    (span_partials_floats of them) and merges them at the end, as flash-decoding does, so that a rank
+    with fewer KV heads than threads still keeps every thread reading; how a context is split depends on
+    its length only, never on the number of threads."""
     jobs, n_sp, span, parts = streaming_plan(
         out_TO.shape[0], heads_of_G, k_cache_GSK, pos0, block, qblock, parts_X, split
     )

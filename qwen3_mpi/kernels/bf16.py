@@ -117,15 +117,12 @@ def dot_pairs_16x4(typingctx, w_X, off0, off1, off2, off3, x_X, x0, n, out_X):
 
     Four runs of w read side by side (four memory streams), 16 outputs per 512-bit vector, float32
     accumulators in registers: LLVM IR written directly, since numba cannot keep vector accumulators
-    across a loop that walks memory (it keeps them in memory: 10x slower here). Each stream prefetches
-    the line PREFETCH_AHEAD lines ahead of the one it loads. On a Zen 5 EPYC (znver5) the hardware
-    prefetcher alone left the product at 24-25 GB/s, below a plain read of the machine (27-28); with
-    prefetches 32 lines ahead into L1 (prefetcht0), 28-30 (measured in one process, alternating, on
-    600 MB of packed weights per shape), and into L2 only was 7% slower in fast stretches of memory
-    bandwidth. On a Zen 4 EPYC (znver4) those L1 prefetches made it slower than none (0.84x); 16 lines
-    ahead into L2 (prefetcht1), an LM-head-sized product (311 MB) ran 1.25x (reads ~31 GB/s) and 1.50x
-    (~48 GB/s) as fast as with them, at 90-100% of the machine's read (medians of 24 turns alternating
-    with reads; 8-48 lines ahead into L2: 1.42-1.53x). Other CPUs get the latter."""
+    across a loop that walks memory (it keeps them in memory, much slower). Each stream prefetches the
+    line PREFETCH_AHEAD lines ahead of the one it loads, into the cache PREFETCH_LOCALITY names: on a
+    Zen 5 EPYC (znver5) 32 lines ahead into L1 (prefetcht0), where the hardware prefetcher alone left
+    the product below a plain read of memory; on a Zen 4 EPYC (znver4), where those L1 prefetches were
+    slower than none, 16 lines ahead into L2 (prefetcht1). Other CPUs get the latter (measurements:
+    docs/benchmarks.md, 'Kernel measurements')."""
     sig = types.void(w_X, types.int64, types.int64, types.int64, types.int64, x_X, types.int64, types.int64, out_X)
 
     def codegen(context, builder, signature, args):

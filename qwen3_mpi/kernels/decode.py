@@ -16,19 +16,15 @@ goes on to their attention; where a gate_up_proj task computes the gate and the 
 columns (a rank's FFN slice a multiple of 32 wide in tiles, of 2 in rows), its thread applies SiLU to
 them at once.
 
-Measured on the 2-core EPYC, decode steps of Qwen3-0.6B at 1 rank x 2 threads, in regions and one call
-at a time alternating, each turn between two reads of the machine: 3.2% faster in fast stretches of
-memory bandwidth (~80 GB/s; 77.5% against 75.7% of the read), 0.5% in slow ones (~45 GB/s). Leaving
-out the two barriers: per-turn step time ratios 1.003, 1.003 and 1.006 in slow stretches (38-92 turns
-each run), 1.023, 0.999 and 1.015 in fast ones (8-22 turns).
+A step in regions is faster than one kernel call at a time, and leaving out the two barriers a little
+faster still, on the machine measured (docs/benchmarks.md, 'Kernel measurements').
 
 On one node, the ranks' regions meet at a barrier of all their threads (the same spin, on a counter in
 memory the node's ranks share) before each combine; each rank's partial sums go straight into its slot
 of the combine's window, and one thread of each rank then adds every rank's slot in rank order, so the
-ranks' hidden states stay bit-identical and a step makes no MPI call and no Python call per layer.
-Measured at 2 ranks x 1 thread against a region per half-layer with the combines through MPI,
-alternating in one pair of processes: per-turn step-time ratios 1.020 and 1.032 in fast stretches
-(97 and 84 turns), 1.015 and 1.020 in slow ones (53 and 66).
+ranks' hidden states stay bit-identical and a step makes no MPI call and no Python call per layer
+(faster than a region per half-layer with the combines through MPI: docs/benchmarks.md, 'Kernel
+measurements').
 
 A barrier needs every thread of the region running at once, one iteration of `prange(threads)` each.
 OpenMP's and numba's workqueue threading layers do that; TBB's work stealing may run two iterations on

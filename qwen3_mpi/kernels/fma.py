@@ -8,11 +8,10 @@ NB blocks of 16 outputs in float32 accumulators (4 x 4 = 16 of the 32 512-bit re
 column pairs at a time, so the NB runs of weights it reads (NB x 16 outputs x 2 KCP columns x 2 bytes =
 32 KiB) stay in L1 while every MT tokens pass over them.
 
-Measured on a 2-core AMD EPYC (Zen 5), 128 tokens of Qwen3-0.6B's projections: one thread 244-254
-GFLOP/s, two threads ~490-510 (the FMA units' peak is ~264 per core), against 280-355 for numpy's
-OpenBLAS sgemm on the same cores (200-230 with OPENBLAS_CORETYPE=Haswell). Each KCP chunk starts its
-accumulators at zero and is added to y at the end, as a blocked sgemm adds its K blocks, which keeps
-the rounding error that of sgemm.
+It runs close to the FMA units' peak, faster than numpy's OpenBLAS sgemm on the same cores (on the
+machine measured: docs/benchmarks.md, 'Kernel measurements'). Each KCP chunk starts its accumulators
+at zero and is added to y at the end, as a blocked sgemm adds its K blocks, which keeps the rounding
+error that of sgemm.
 """
 
 import numpy as np

@@ -6,16 +6,13 @@ them: the K row for the dot product of each (head, query) row, the V row for eac
 outputs of two rows at a time stay in registers across the whole block, and a row's dot product is
 summed once, by a tree of shuffles. numba's own loops widened a row again for every row that used it,
 kept the outputs in memory (a load and a store per element and position) and summed each dot product
-through its own reduction. Streaming decode with these passes, against numba's loops (16 query and 8
-KV heads, 2 threads, alternating in one process, median of 11 turns): a bf16 cache of 1,024 or 4,096
-positions in L3 0.55x and 0.50x the time, read from memory 0.65x and 0.70x; a float32 cache from
-memory 0.84x and 0.75x.
+through its own reduction, so streaming decode takes less time with these passes, with a bf16 or a
+float32 cache (docs/benchmarks.md, 'Kernel measurements').
 
 Each pass prefetches the row KV_AHEAD positions ahead, with the number of lines of a row known when
 the code is generated (no loop for LLVM to unroll), into the cache the decode products prefetch into
-(bf16.PREFETCH_LOCALITY). On the Zen 4 EPYC, into L2 rather than L1: streaming decode of a cache read
-from memory 0.77-1.00x the time (1,024-16,384 positions, bf16 and float32; 0.93x and 0.85x at 2,048);
-in L3 (one layer's cache, again and again) 1.02-1.13x.
+(bf16.PREFETCH_LOCALITY): on the Zen 4 EPYC L2 rather than L1, faster for a cache read from memory,
+a little slower for one that stays in L3 (docs/benchmarks.md, 'Kernel measurements').
 """
 
 from llvmlite import ir
@@ -28,7 +25,7 @@ from .llvm_ir import I32, I64, LINE, PTR, emit_prefetch
 
 F32 = ir.FloatType()
 LANES = 16
-KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): 4-9% faster than 8 at 128-4096
+KV_AHEAD = 16  # positions of K or V the row kernel prefetches ahead (8 KiB): faster than 8 (docs/benchmarks.md)
 
 
 def _view(context, builder, array_type, array):

@@ -29,7 +29,8 @@ PACKED_OUT = 64  # floats per thread for matvec_packed: four blocks of 16 output
 def matvec(y_TO, x_TI, w_OI):
     """y[t, o] = sum_i W[o, i] x[t, i], reading W once (each row serves all T rows of x): O*I elements.
     A task takes four rows a quarter of W apart, so every thread reads four memory streams at once and
-    keeps more loads in flight than one stream does (measured 10-30% more bandwidth than row by row)."""
+    keeps more loads in flight than one stream does (more bandwidth than row by row on the machines
+    measured: docs/benchmarks.md, 'Kernel measurements')."""
     for o in prange((w_OI.shape[0] + 3) // 4):
         _matvec_task(o, y_TO, x_TI, w_OI)
 
@@ -86,7 +87,8 @@ def _packed_views(wv_BSKOJ, x_TI):
 @njit(fastmath=True, cache=True)
 def _matvec_packed_task(b, y_TO, x_TI, wv_BSKOJ, w_X, x_X, scratch):
     """matvec_packed's task b: blocks b, b + q, b + 2q, b + 3q (q = a quarter of the blocks, rounded up);
-    w_X, x_X: _packed_views, made once for all tasks (made per task: the products 2-4% slower, measured)."""
+    w_X, x_X: _packed_views, made once for all tasks rather than per task (faster: docs/benchmarks.md,
+    'Kernel measurements')."""
     T, I = x_TI.shape
     O = y_TO.shape[1]
     B, S = wv_BSKOJ.shape[:2]
@@ -243,8 +245,7 @@ class Linear:
     def tiles_for(dtype: np.dtype) -> bool:
         """Whether a matrix of this raw dtype goes into the tile layout: bf16 does where numba compiles
         for AVX-512 (AMX implies it). With 256-bit vectors only, the tile-layout kernels spill their 16
-        accumulators and lose to the row layout (measured compiling for AVX2 on the AVX-512 machine:
-        prefill products 30.2 against 17.8 ms, decode 0.62 against 0.37 ms per layer)."""
+        accumulators and lose to the row layout (docs/benchmarks.md, 'Kernel measurements')."""
         return dtype == np.uint16 and (amx.AVAILABLE or "+avx512f" in target_features())
 
     @property

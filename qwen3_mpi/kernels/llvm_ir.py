@@ -68,9 +68,9 @@ def prefetch_span(typingctx, array, offset, count, locality):
     Written as a numba loop over the lines, the trip count (a row of K elements: 4 or 8 lines) is not
     known at compile time, so LLVM unrolls it 8 times with a remainder loop; and numba optimizes a
     function again each time it links it into a caller, which unrolled the already unrolled loop 8
-    times more. That copy is what a caller loaded from numba's on-disk cache runs: streaming decode
-    with a bf16 KV cache at 1,024 positions took 1.6x as long as the same kernel compiled in the
-    process. With this loop, cached and compiled run alike, and both 9-14% faster than before."""
+    times more. That copy is what a caller loaded from numba's on-disk cache runs, slower than the same
+    kernel compiled in the process. With this loop, cached and compiled code run alike, and faster than
+    either did before (docs/benchmarks.md, 'Kernel measurements')."""
     if not isinstance(locality, types.IntegerLiteral):
         return None
 

@@ -60,7 +60,8 @@ def qk_norm_rope_cache(qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0,
     """For the fused projection qkv = [q (H heads) | k (G heads) | v (G heads)] of T new tokens at
     positions pos0..pos0+T-1: q_norm + RoPE on q in place; k_norm + RoPE on k; k and v into the caches
     (float32, or rounded to bf16).
-    Always in parallel: run serially, a decode step's heads took 8x longer (16.8 against 2.1 us)."""
+    Always in parallel, even for a decode step's few rows (faster than run serially: docs/benchmarks.md,
+    'Kernel measurements')."""
     for th in prange(qkv_TO.shape[0] * (H + G)):
         qk_norm_rope_head(th, qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, pos0, eps, k_cache_GSK, v_cache_GSK)
 
@@ -85,8 +86,9 @@ def qk_norm_rope_head(th, qkv_TO, H, G, q_norm_K, k_norm_K, cos_PK2, sin_PK2, po
 @njit(cache=True, inline="always")
 def _add_partials_row(x_TD, parts_RTD, out_TD, w_D, eps, t):
     """x[t] += (parts[0, t] + parts[1, t] + ...), the sum built in out[t] (which the norm then
-    overwrites) one partial at a time, so that every loop runs over d and vectorizes: 3x faster than
-    summing each d over the ranks (1 thread, 128 rows), the same operations in the same order."""
+    overwrites) one partial at a time, so that every loop runs over d and vectorizes (faster than
+    summing each d over the ranks: docs/benchmarks.md, 'Kernel measurements'), the same operations in
+    the same order."""
     s, x = out_TD[t], x_TD[t]
     p = parts_RTD[0, t]
     for d in range(s.shape[0]):

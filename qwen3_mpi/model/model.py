@@ -133,6 +133,7 @@ class Model:
         w.embed.rows(s.part_TD, ids_T, self.layout.vocab[0])
         s.x_TD[:] = 0.0
         combine(comm, s.x_TD, s.part_TD, s.h_TD, self.norms_after[0], s.eps)
+        # the layers: decoder_layer's steps (model/layer.py), two combines (collectives) in each
         run = self._executor(T, s)
         if isinstance(run, FusedLayers):
             run.layers()  # decoder_layer's steps for every layer, in one region
