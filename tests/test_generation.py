@@ -24,6 +24,7 @@ def generate(small_demo, extra, ranks):
     ],
     ids=["top-k+top-p", "whole-vocabulary", "min-p"],
 )
+@pytest.mark.slow
 def test_same_seed_same_tokens_across_rank_counts_where_logits_are_far_from_a_boundary(small_demo, extra):
     """The draw depends on the logits and the seed, never on how the vocabulary is split: on this checkpoint
     (logits of rank counts differing in their last bits, no draw near a boundary between two tokens) 1, 2
@@ -153,6 +154,7 @@ def test_chat_context_full(small_demo):
     assert proc.stderr.count("ms/token") == 1  # the short turn still ran
 
 
+@pytest.mark.slow
 def test_loading_progress_covers_every_rank(small_demo):
     args = ["generate", "-m", str(small_demo), "--prompt-ids", "1,2,3", "-n", "2"]
     proc = run_cli(args, ranks=3, env={"TERM": "xterm"})
