@@ -55,9 +55,12 @@ def run(cmd: GenerateCommand, options: RunOptions, comm) -> int:
     req = comm.agree(lambda: _request(cmd, options, path, config) if comm.is_root else None)
     prompt_len, max_context = comm.bcast((len(req.ids), req.max_context) if comm.is_root else None)
     s = session.load(
-        path, replace(options, max_context=max_context), comm, max_tokens=min(options.prefill_chunk, prompt_len),
+        path,
+        replace(options, max_context=max_context),
+        comm,
+        max_tokens=min(options.prefill_chunk, prompt_len),
         config=config,
-    )  # fmt: skip
+    )
     if not comm.is_root:
         with stop_on_interrupt(None):
             s.engine.generate(None, 0, None, None, set())
@@ -68,9 +71,14 @@ def run(cmd: GenerateCommand, options: RunOptions, comm) -> int:
     long_prompt = options.progress and len(req.ids) >= 2 * s.model.max_tokens
     with bar(long_prompt, len(req.ids), "prefill", "tokens") as update, stop_on_interrupt(s.engine):
         gen = s.engine.generate(
-            req.ids, cmd.text.max_new_tokens, req.params, Sampler(req.params, req.seed), req.stop_ids, on_token,
+            req.ids,
+            cmd.text.max_new_tokens,
+            req.params,
+            Sampler(req.params, req.seed),
+            req.stop_ids,
+            on_token,
             progress=update,
-        )  # fmt: skip
+        )
     rss, weights_mb, profiles = _gather_report(s, options)
     stream.flush()
     result = {
